@@ -1,0 +1,217 @@
+"""Loading microbiome count tables and the paper's normalization (Eq. 10-11).
+
+Every reader funnels into `_validated`, so the same checks (and the same one-line messages)
+apply whatever the file format.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from depmicro.core.errors import DepmicroError
+
+
+@dataclass
+class Dataset:
+    """A samples x taxa count matrix with its names and optional per-sample metadata."""
+
+    counts: np.ndarray  # (n, D) float64, non-negative
+    obs_names: list[str]
+    var_names: list[str]
+    metadata: pd.DataFrame | None = None  # index = obs_names, one row per sample
+    name: str = "data"
+    missing: np.ndarray | None = field(default=None, repr=False)  # (n, D) bool; only with allow_missing
+
+    @property
+    def n_samples(self) -> int:
+        return self.counts.shape[0]
+
+    @property
+    def n_taxa(self) -> int:
+        return self.counts.shape[1]
+
+    @property
+    def normalized(self) -> np.ndarray:
+        return normalize(self.counts)
+
+    def metadata_text(self) -> list[str | None]:
+        """One line per sample ("sample type: Primary Tumor; pathologic stage: Stage IVA"); None if absent."""
+        if self.metadata is None:
+            return [None] * self.n_samples
+        lines: list[str | None] = []
+        for _, row in self.metadata.iterrows():
+            parts = [f"{str(k).replace('_', ' ')}: {v}" for k, v in row.items() if pd.notna(v) and str(v) != ""]
+            lines.append("; ".join(parts) if parts else None)
+        return lines
+
+
+def normalize(counts: np.ndarray) -> np.ndarray:
+    """Eq. 10-11: log10(100 * M / rowsum(M) + 1). All-zero rows stay zero instead of NaN."""
+    counts = np.asarray(counts, dtype=np.float64)
+    rowsum = counts.sum(axis=1, keepdims=True)
+    rel = np.divide(100.0 * counts, rowsum, out=np.zeros_like(counts), where=rowsum > 0)
+    return np.log10(rel + 1.0)
+
+
+def inspect(ds: Dataset) -> dict:
+    counts = ds.counts
+    return {
+        "name": ds.name,
+        "n_samples": int(counts.shape[0]),
+        "n_taxa": int(counts.shape[1]),
+        "zero_fraction": round(float((counts == 0).mean()), 4),
+        "n_empty_samples": int((counts.sum(axis=1) == 0).sum()),
+        "n_empty_taxa": int((counts.sum(axis=0) == 0).sum()),
+        "has_metadata": ds.metadata is not None,
+        "metadata_columns": [] if ds.metadata is None else [str(c) for c in ds.metadata.columns],
+    }
+
+
+def load_dataset(
+    path: str | os.PathLike,
+    metadata: str | os.PathLike | None = None,
+    orientation: str = "auto",
+    allow_missing: bool = False,
+) -> Dataset:
+    """Read `.h5ad`, or a CSV/TSV table (samples x taxa, or taxa x samples as TCMA ships them).
+
+    `orientation` is `samples` (rows are samples), `taxa` (rows are taxa) or `auto`, which takes
+    rows as taxa only when the first header cell names a taxon column (TCMA style) or there are
+    more columns than rows. `allow_missing` accepts NaN/empty cells as entries to impute.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DepmicroError(f"{p}: no such file")
+    if p.is_dir():
+        raise DepmicroError(f"{p}: is a directory, expected a data file")
+    if orientation not in ("auto", "samples", "taxa"):
+        raise DepmicroError(f"orientation must be auto, samples or taxa, not {orientation!r}")
+    suffix = "".join(p.suffixes[-2:]).lower() if p.suffix == ".gz" else p.suffix.lower()
+    if suffix == ".h5ad":
+        ds = _read_h5ad(p, allow_missing)
+    elif suffix in (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".txt.gz"):
+        ds = _read_table(p, orientation, allow_missing)
+    else:
+        raise DepmicroError(f"{p}: unknown format {p.suffix!r} (expected .h5ad, .csv, .tsv or .txt)")
+    if metadata is not None:
+        ds.metadata = load_metadata(metadata, ds.obs_names)
+    return ds
+
+
+def _read_h5ad(p: Path, allow_missing: bool) -> Dataset:
+    import anndata as ad
+
+    try:
+        adata = ad.read_h5ad(p)
+    except Exception as exc:  # h5py/anndata raise many kinds; the user needs one line
+        raise DepmicroError(f"{p}: not a readable .h5ad file ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    X = adata.X
+    if X is None:
+        raise DepmicroError(f"{p}: the AnnData object has no X matrix")
+    if hasattr(X, "toarray"):
+        X = X.toarray()
+    try:
+        X = np.asarray(X, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DepmicroError(f"{p}: X holds non-numeric values") from None
+    meta = None
+    if adata.obs.shape[1] > 0:
+        meta = adata.obs.copy()
+        meta.index = meta.index.astype(str)
+    return _validated(X, list(map(str, adata.obs_names)), list(map(str, adata.var_names)), p, allow_missing, meta)
+
+
+def _sep_for(p: Path) -> str:
+    name = p.name.lower().removesuffix(".gz")
+    return "," if name.endswith(".csv") else "\t"
+
+
+def _read_table(p: Path, orientation: str, allow_missing: bool) -> Dataset:
+    try:
+        df = pd.read_csv(p, sep=_sep_for(p), index_col=0, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DepmicroError(f"{p}: file is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DepmicroError(f"{p}: cannot parse as a table ({str(exc).splitlines()[0]})") from None
+    if df.shape[0] == 0 or df.shape[1] == 0:
+        raise DepmicroError(f"{p}: table has no data rows or columns")
+    first = str(df.index.name or "").lower()
+    if orientation == "auto":
+        taxa_rows = first in ("taxon", "taxa", "genus", "tax_id", "taxid", "feature", "otu", "asv") or df.shape[1] > df.shape[0]
+        orientation = "taxa" if taxa_rows else "samples"
+    values = df.replace({"": "nan", "NA": "nan", "NaN": "nan", "nan": "nan"})
+    try:
+        X = values.to_numpy().astype(np.float64)
+    except ValueError:
+        bad = _first_non_numeric(values)
+        raise DepmicroError(f"{p}: non-numeric cell {bad!r}") from None
+    rows, cols = [str(i) for i in df.index], [str(c) for c in df.columns]
+    if orientation == "taxa":
+        X, rows, cols = X.T, cols, rows
+    return _validated(X, rows, cols, p, allow_missing, None)
+
+
+def _first_non_numeric(df: pd.DataFrame) -> str:
+    for r, row in df.iterrows():
+        for c, v in row.items():
+            try:
+                float(v)
+            except ValueError:
+                return f"{v}' at row {r!s}, column {c!s}"
+    return "?"
+
+
+def _validated(X: np.ndarray, obs: list[str], var: list[str], p: Path, allow_missing: bool, meta: pd.DataFrame | None) -> Dataset:
+    if X.ndim != 2 or X.size == 0:
+        raise DepmicroError(f"{p}: empty matrix ({X.shape[0] if X.ndim else 0} samples x {X.shape[1] if X.ndim == 2 else 0} taxa)")
+    if np.isinf(X).any():
+        r, c = np.argwhere(np.isinf(X))[0]
+        raise DepmicroError(f"{p}: infinite value at sample {obs[r]!r}, taxon {var[c]!r}")
+    nan = np.isnan(X)
+    if nan.any() and not allow_missing:
+        r, c = np.argwhere(nan)[0]
+        raise DepmicroError(f"{p}: missing/NaN value at sample {obs[r]!r}, taxon {var[c]!r} ({int(nan.sum())} in all)")
+    if (X[~nan] < 0).any():
+        r, c = np.argwhere(np.nan_to_num(X) < 0)[0]
+        raise DepmicroError(f"{p}: negative count {X[r, c]:g} at sample {obs[r]!r}, taxon {var[c]!r}")
+    for kind, names in (("sample", obs), ("taxon", var)):
+        dup = pd.Index(names)[pd.Index(names).duplicated()]
+        if len(dup):
+            raise DepmicroError(f"{p}: duplicate {kind} id {dup[0]!r}")
+    missing = nan if nan.any() else None
+    counts = np.where(nan, 0.0, X)
+    return Dataset(counts=counts, obs_names=obs, var_names=var, metadata=meta, name=p.name.split(".")[0], missing=missing)
+
+
+def load_metadata(path: str | os.PathLike, obs_names: list[str]) -> pd.DataFrame:
+    """Read a per-sample table (first column = sample id) and align it to `obs_names`."""
+    p = Path(path)
+    if not p.exists():
+        raise DepmicroError(f"{p}: no such metadata file")
+    try:
+        meta = pd.read_csv(p, sep=_sep_for(p), index_col=0, dtype=str)
+    except pd.errors.EmptyDataError:
+        raise DepmicroError(f"{p}: metadata file is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DepmicroError(f"{p}: cannot parse metadata ({str(exc).splitlines()[0]})") from None
+    meta.index = meta.index.astype(str)
+    if meta.index.duplicated().any():
+        raise DepmicroError(f"{p}: duplicate sample id {meta.index[meta.index.duplicated()][0]!r} in metadata")
+    absent = [s for s in obs_names if s not in meta.index]
+    if absent:
+        raise DepmicroError(f"{p}: metadata does not cover {len(absent)} of {len(obs_names)} samples (first: {absent[0]!r})")
+    return meta.loc[obs_names]
+
+
+def check_same_taxa(datasets: list[Dataset]) -> None:
+    """Pretraining sets must share the target's taxa in the same order."""
+    ref = datasets[0]
+    for ds in datasets[1:]:
+        if ds.var_names != ref.var_names:
+            extra = sorted(set(ds.var_names) ^ set(ref.var_names))
+            what = f"{len(extra)} taxa differ (e.g. {extra[0]!r})" if extra else "same taxa in a different order"
+            raise DepmicroError(f"{ds.name} and {ref.name} do not share the same taxa: {what}")

@@ -1,0 +1,120 @@
+"""The evaluation protocol (MODEL.md section 2): seeded held-out masks over nonzero entries, and
+metrics computed on held-out entries only, in the normalized log space.
+
+Every imputer, classical or diffusion, is scored through `evaluate`, so numbers are comparable.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from depmicro.core.errors import DepmicroError
+
+METRIC_NAMES = ("pcc", "cos", "rmse", "mae", "pcc_per_microbe", "n_microbes", "n_heldout")
+MIN_HELDOUT_PER_MICROBE = 5
+
+
+@dataclass(frozen=True)
+class Split:
+    """Boolean (n, D) masks. `observed` is what a model may see: everything but test and val."""
+
+    test: np.ndarray
+    val: np.ndarray
+    seed: int
+    test_ratio: float
+    val_ratio: float
+
+    @property
+    def observed(self) -> np.ndarray:
+        return ~(self.test | self.val)
+
+    @property
+    def train_observed(self) -> np.ndarray:
+        return self.observed
+
+    def fingerprint(self) -> str:
+        """Stable hash of the masks, for cache keys."""
+        import hashlib
+
+        h = hashlib.sha256()
+        h.update(np.packbits(self.test).tobytes())
+        h.update(np.packbits(self.val).tobytes())
+        return h.hexdigest()[:16]
+
+
+def make_split(Y: np.ndarray, seed: int = 0, test_ratio: float = 0.1, val_ratio: float = 0.1) -> Split:
+    """Hold out `test_ratio` of the nonzero entries as test, then `val_ratio` of the remaining nonzero
+    entries as validation. Zeros are never held out: their truth is unknown (absent or undetected)."""
+    if not 0 < test_ratio < 1:
+        raise DepmicroError(f"test ratio must be in (0, 1), not {test_ratio}")
+    if not 0 <= val_ratio < 1 or test_ratio + val_ratio >= 1:
+        raise DepmicroError(f"val ratio must be in [0, 1) with test + val < 1, not {val_ratio}")
+    Y = np.asarray(Y)
+    nz = np.flatnonzero(Y > 0)
+    if nz.size < 2:
+        raise DepmicroError("too few nonzero entries to hold any out")
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(nz)
+    n_test = max(1, int(round(test_ratio * nz.size)))
+    n_val = int(round(val_ratio * (nz.size - n_test)))
+    test = np.zeros(Y.size, dtype=bool)
+    val = np.zeros(Y.size, dtype=bool)
+    test[perm[:n_test]] = True
+    val[perm[n_test : n_test + n_val]] = True
+    return Split(test=test.reshape(Y.shape), val=val.reshape(Y.shape), seed=seed, test_ratio=test_ratio, val_ratio=val_ratio)
+
+
+def training_view(Y: np.ndarray, split: Split) -> np.ndarray:
+    """Y with every held-out entry set to NaN: what an imputer, and the dependency statistics, see."""
+    out = np.array(Y, dtype=np.float64, copy=True)
+    out[~split.observed] = np.nan
+    return out
+
+
+def _pcc(a: np.ndarray, b: np.ndarray) -> float:
+    a = a - a.mean()
+    b = b - b.mean()
+    den = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / den) if den > 0 else 0.0
+
+
+def evaluate(Y_true: np.ndarray, Y_pred: np.ndarray, mask: np.ndarray) -> dict[str, float | int]:
+    """Metrics on the entries where `mask` is True.
+
+    `pcc_per_microbe` is the mean PCC over microbes with at least 5 held-out entries; a microbe
+    whose imputed values are constant scores 0 there (it explains nothing of the variation).
+    """
+    Y_true, Y_pred, mask = np.asarray(Y_true, float), np.asarray(Y_pred, float), np.asarray(mask, bool)
+    if Y_true.shape != Y_pred.shape or Y_true.shape != mask.shape:
+        raise DepmicroError(f"shape mismatch: truth {Y_true.shape}, prediction {Y_pred.shape}, mask {mask.shape}")
+    if not mask.any():
+        raise DepmicroError("no held-out entries to evaluate")
+    t, p = Y_true[mask], Y_pred[mask]
+    if not np.isfinite(p).all():
+        raise DepmicroError("imputed values contain NaN or inf at held-out entries")
+    per = []
+    for j in range(mask.shape[1]):
+        m = mask[:, j]
+        if m.sum() >= MIN_HELDOUT_PER_MICROBE:
+            per.append(_pcc(Y_true[m, j], Y_pred[m, j]))
+    nt, npred = np.linalg.norm(t), np.linalg.norm(p)
+    return {
+        "pcc": _pcc(t, p),
+        "cos": float(t @ p / (nt * npred)) if nt > 0 and npred > 0 else 0.0,
+        "rmse": float(np.sqrt(np.mean((t - p) ** 2))),
+        "mae": float(np.mean(np.abs(t - p))),
+        "pcc_per_microbe": float(np.mean(per)) if per else float("nan"),
+        "n_microbes": len(per),
+        "n_heldout": int(mask.sum()),
+    }
+
+
+def per_microbe_pcc(Y_true: np.ndarray, Y_pred: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """PCC per microbe (NaN where fewer than 5 entries are held out), for heatmaps and boxplots."""
+    out = np.full(mask.shape[1], np.nan)
+    for j in range(mask.shape[1]):
+        m = mask[:, j]
+        if m.sum() >= MIN_HELDOUT_PER_MICROBE:
+            out[j] = _pcc(Y_true[m, j], Y_pred[m, j])
+    return out
