@@ -28,8 +28,15 @@ def add_command(sub: argparse._SubParsersAction, name: str, handler: Handler, he
     return p
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes are one line too, like every other bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="depmicro", description="DepMicroDiff imputation and distributed hyperparameter studies")
+    parser = _Parser(prog="depmicro", description="DepMicroDiff imputation and distributed hyperparameter studies")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     seen = set()
     for ep in sorted(entry_points(group="depmicro.commands"), key=lambda e: e.name):

@@ -139,29 +139,46 @@ def _read_table(p: Path, orientation: str, allow_missing: bool) -> Dataset:
         raise DepmicroError(f"{p}: cannot parse as a table ({str(exc).splitlines()[0]})") from None
     if df.shape[0] == 0 or df.shape[1] == 0:
         raise DepmicroError(f"{p}: table has no data rows or columns")
+    header = list(pd.read_csv(p, sep=_sep_for(p), nrows=1, header=None, dtype=str, keep_default_na=False).iloc[0])[1:]
+    df.columns = header  # pandas renames duplicate headers ("t1.1"); keep them so duplicates are caught
     first = str(df.index.name or "").lower()
     if orientation == "auto":
-        taxa_rows = first in ("taxon", "taxa", "genus", "tax_id", "taxid", "feature", "otu", "asv") or df.shape[1] > df.shape[0]
-        orientation = "taxa" if taxa_rows else "samples"
+        orientation = "taxa" if _rows_are_taxa(first, list(df.index), list(df.columns)) else "samples"
     values = df.replace({"": "nan", "NA": "nan", "NaN": "nan", "nan": "nan"})
     try:
         X = values.to_numpy().astype(np.float64)
     except ValueError:
         bad = _first_non_numeric(values)
-        raise DepmicroError(f"{p}: non-numeric cell {bad!r}") from None
+        raise DepmicroError(f"{p}: non-numeric cell {bad}") from None
     rows, cols = [str(i) for i in df.index], [str(c) for c in df.columns]
     if orientation == "taxa":
         X, rows, cols = X.T, cols, rows
     return _validated(X, rows, cols, p, allow_missing, None)
 
 
+TAXON_HEADERS = ("taxon", "taxa", "genus", "species", "tax_id", "taxid", "feature", "otu", "asv", "#otu id")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _rows_are_taxa(first_header: str, rows: list, cols: list) -> bool:
+    """TCMA ships taxa x samples with NCBI taxon ids (or a `taxon`-like header) as row labels."""
+    if first_header in TAXON_HEADERS:
+        return True
+    return all(_is_number(str(r)) for r in rows) and not all(_is_number(str(c)) for c in cols)
+
+
 def _first_non_numeric(df: pd.DataFrame) -> str:
     for r, row in df.iterrows():
         for c, v in row.items():
-            try:
-                float(v)
-            except ValueError:
-                return f"{v}' at row {r!s}, column {c!s}"
+            if not _is_number(v):
+                return f"{v!r} at row {r!s}, column {c!s}"
     return "?"
 
 

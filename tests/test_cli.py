@@ -1,0 +1,91 @@
+"""The CLI's contract: JSON with the project's metric names, and bad input as one line + exit 2."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from depmicro.core.cli import main
+from depmicro.core.data import load_dataset
+from tests.helpers import tcma_path
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_console_script_inspects_stad(capsys):
+    proc = subprocess.run(
+        [sys.executable, "-m", "depmicro.core.cli", "data", "inspect", str(tcma_path("stad")), "--json"],
+        capture_output=True, text=True, check=True,
+    )
+    info = json.loads(proc.stdout)
+    assert (info["n_samples"], info["n_taxa"], info["zero_fraction"], info["n_empty_samples"]) == (530, 106, 0.8761, 209)
+
+
+def test_baseline_json_has_the_metric_names(capsys):
+    code, out, _ = run(capsys, "baseline", str(tcma_path("stad")), "--method", "mean", "--seed", "1", "--json")
+    assert code == 0
+    res = json.loads(out)
+    for key in ("pcc", "cos", "rmse", "mae", "pcc_per_microbe", "n_microbes", "n_heldout", "seconds"):
+        assert key in res
+    nonzero = int((load_dataset(tcma_path("stad")).counts > 0).sum())
+    assert res["n_heldout"] == round(0.1 * nonzero)
+    assert 0.6 < res["pcc"] < 0.95
+
+
+def _bad_inputs(tmp):
+    def w(name, data, mode="w"):
+        p = tmp / name
+        with open(p, mode) as f:
+            f.write(data)
+        return str(p)
+
+    good = w("good.csv", "sample,t1,t2\na,1,2\nb,3,0\nc,0,5\n")
+    return {
+        "missing file": (["data", "inspect", str(tmp / "nope.csv")], "no such file"),
+        "empty file": (["data", "inspect", w("empty.csv", "")], "empty"),
+        "header only": (["data", "inspect", w("header.csv", "sample,t1,t2\n")], "no data rows"),
+        "NaN cell": (["data", "inspect", w("nan.csv", "sample,t1,t2\na,1,NaN\nb,3,0\n")], "NaN"),
+        "inf cell": (["data", "inspect", w("inf.csv", "sample,t1,t2\na,1,inf\nb,3,0\n")], "infinite"),
+        "negative": (["data", "inspect", w("neg.csv", "sample,t1,t2\na,1,-2\nb,3,0\n")], "negative count"),
+        "string cell": (["data", "inspect", w("str.csv", "sample,t1,t2\na,1,abc\nb,3,0\n")], "non-numeric cell 'abc'"),
+        "duplicate sample ids": (["data", "inspect", w("dup.csv", "sample,t1,t2\na,1,2\na,3,0\n")], "duplicate sample id 'a'"),
+        "duplicate taxa": (["data", "inspect", w("dupt.csv", "sample,t1,t1\na,1,2\nb,3,0\n")], "duplicate taxon"),
+        "metadata not covering": (
+            ["data", "inspect", good, "--metadata", w("meta.tsv", "id\tsample_type\na\tTumor\nb\tNormal\n")],
+            "does not cover 1 of 3 samples",
+        ),
+        "corrupt h5ad": (["data", "inspect", w("bad.h5ad", b"\x00not hdf5" * 10, "wb")], "not a readable .h5ad"),
+        "unknown format": (["data", "inspect", w("x.xlsx", "x")], "unknown format"),
+        "unknown baseline": (["baseline", good, "--method", "svd"], "invalid choice"),
+        "bad test ratio": (["baseline", good, "--method", "mean", "--test-ratio", "1.5"], "between 0 and 1"),
+        "too sparse to hold out": (["baseline", w("zeros.csv", "sample,t1\na,0\nb,0\n"), "--method", "mean"], "too few nonzero"),
+    }
+
+
+BAD_CASES = [
+    "missing file", "empty file", "header only", "NaN cell", "inf cell", "negative", "string cell",
+    "duplicate sample ids", "duplicate taxa", "metadata not covering", "corrupt h5ad", "unknown format",
+    "unknown baseline", "bad test ratio", "too sparse to hold out",
+]
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_is_one_line_nonzero_and_writes_nothing(case, tmp_path, capsys):
+    argv, expected = _bad_inputs(tmp_path)[case]
+    before = set(os.listdir(tmp_path))
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse usage errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert expected in lines[0]
+    assert "Traceback" not in err and out == ""
+    assert set(os.listdir(tmp_path)) == before

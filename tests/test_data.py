@@ -1,0 +1,77 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from depmicro.core.data import Dataset, check_same_taxa, inspect, load_dataset, normalize
+from depmicro.core.errors import DepmicroError
+from tests.helpers import tcma_path
+
+
+def test_normalize_matches_eq_10_11_and_keeps_empty_rows_zero():
+    counts = np.array([[1.0, 3.0, 0.0], [0.0, 0.0, 0.0], [5.0, 5.0, 10.0]])
+    Y = normalize(counts)
+    assert np.allclose(Y[0], np.log10([26.0, 76.0, 1.0]))
+    assert np.array_equal(Y[1], np.zeros(3))
+    assert np.allclose(Y[2], np.log10([26.0, 26.0, 51.0]))
+    assert np.isfinite(Y).all()
+    # relative abundances of a nonempty row sum to 100 percent
+    assert np.allclose((10 ** Y[[0, 2]] - 1).sum(axis=1), 100.0)
+
+
+@pytest.mark.parametrize(
+    "name, n, d, zero, empty",
+    [("stad", 530, 106, 0.876, 209), ("coad", 561, 106, 0.632, 17), ("hnsc", 587, 106, 0.796, 126)],
+)
+def test_tcma_sets_match_the_data_readme(name, n, d, zero, empty):
+    info = inspect(load_dataset(tcma_path(name)))
+    assert (info["n_samples"], info["n_taxa"], info["n_empty_samples"]) == (n, d, empty)
+    assert info["zero_fraction"] == pytest.approx(zero, abs=5e-4)
+
+
+def test_hnsc_metadata_joins_on_sample_id():
+    ds = load_dataset(tcma_path("hnsc"), metadata=tcma_path("hnsc_metadata.tsv"))
+    assert list(ds.metadata.index) == ds.obs_names
+    assert set(ds.metadata.columns) == {"sample_type", "pathologic_stage"}
+    assert ds.metadata["pathologic_stage"].isna().sum() == 65
+    lines = ds.metadata_text()
+    assert lines[0] == "sample type: Primary Tumor; pathologic stage: Stage IVA"
+    assert all(line is not None for line in lines)  # sample type is always known
+
+
+def _write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_csv_both_orientations_give_the_same_matrix(tmp_path):
+    samples = _write(tmp_path, "s.csv", "sample,t1,t2,t3\na,1,0,2\nb,0,0,0\n")
+    taxa = _write(tmp_path, "t.tsv", "taxon\ta\tb\nt1\t1\t0\nt2\t0\t0\nt3\t2\t0\n")
+    tcma = _write(tmp_path, "tcma.tsv", "\ta\tb\n194.0\t1\t0\n203.0\t0\t0\n204.0\t2\t0\n")
+    a, b, c = load_dataset(samples), load_dataset(taxa), load_dataset(tcma)
+    assert a.obs_names == b.obs_names == c.obs_names == ["a", "b"]
+    assert a.var_names == b.var_names == ["t1", "t2", "t3"]
+    assert c.var_names == ["194.0", "203.0", "204.0"]
+    assert np.array_equal(a.counts, b.counts) and np.array_equal(a.counts, c.counts)
+    forced = load_dataset(samples, orientation="taxa")
+    assert forced.obs_names == ["t1", "t2", "t3"]
+
+
+def test_missing_cells_only_with_allow_missing(tmp_path):
+    p = _write(tmp_path, "m.csv", "sample,t1,t2\na,1,\nb,NaN,3\n")
+    with pytest.raises(DepmicroError, match="missing/NaN value at sample 'a', taxon 't2'"):
+        load_dataset(p)
+    ds = load_dataset(p, allow_missing=True)
+    assert ds.missing.tolist() == [[False, True], [True, False]]
+    assert ds.counts.tolist() == [[1.0, 0.0], [0.0, 3.0]]
+
+
+def test_check_same_taxa_names_the_difference():
+    a = Dataset(np.ones((2, 2)), ["s1", "s2"], ["t1", "t2"], name="a")
+    b = Dataset(np.ones((2, 2)), ["s1", "s2"], ["t1", "t9"], name="b")
+    c = Dataset(np.ones((2, 2)), ["s1", "s2"], ["t2", "t1"], name="c")
+    check_same_taxa([a, a])
+    with pytest.raises(DepmicroError, match="2 taxa differ"):
+        check_same_taxa([a, b])
+    with pytest.raises(DepmicroError, match="different order"):
+        check_same_taxa([a, c])
