@@ -1,0 +1,461 @@
+"""Dependency statistics for the Dep mask (MODEL.md section 3), for all taxon pairs at once.
+
+Why closed form: a study thresholds the same raw F and MI matrices in every trial, and the naive
+route (one statsmodels OLS pair per ordered pair, one k-NN MI estimate per pair) costs minutes to
+hours at D = 1695. Everything here is a handful of D x D matrix products, so all pairs cost about
+as much as a few pairs did, on CPU or (torch) GPU.
+
+Directional F (Granger, lag L, samples in file order or ordered by a metadata column). For the
+ordered pair j -> i: target y = Y[L:, i], restricted regressors [1, x = Y[:-L, i]], full
+[1, x, z = Y[:-L, j]]. With centred cross products S, the partial regression gives
+    RSS_r = S_yy - S_xy^2 / S_xx,   RSS_r - RSS_f = (S_zy - S_xz S_xy / S_xx)^2 / (S_zz - S_xz^2 / S_xx)
+    F = (RSS_r - RSS_f) / (RSS_f / (m - 3)),  m = n - L,  p = P(F(1, m - 3) > F),
+which is exactly statsmodels' `compare_f_test` of the two OLS fits. All S are entries of
+Lc^T Lc and Lc^T Tc (Lc, Tc the centred lagged and target blocks), so every pair comes from two
+matrix products. A constant column (or one that is collinear with the target's own lag) adds
+nothing: F = 0, p = 1, where statsmodels would divide 0 by 0.
+
+Mutual information: plug-in estimate on a discretisation that gives zero its own bin, with the
+Miller-Madow bias correction. Why this and not KSG (scikit-learn's estimator): microbiome columns
+are mostly exact zeros, and a k-NN estimator sees those as a pile of ties that it must break with
+jitter, while "absent vs present" is precisely the signal a sparse profile carries. Bin 0 holds
+the zeros; the nonzero values of each column go to `mi_bins` equal-frequency bins (by rank, ties
+sharing a bin). The joint counts of all pairs are one product H^T H of the one-hot code matrix,
+so MI for all pairs costs one (D*K)^2 matmul (K = mi_bins + 1), done in column blocks to bound
+memory. Miller-Madow subtracts (K_ab - K_a - K_b + 1) / (2n), the first-order plug-in bias, which
+otherwise grows with the number of occupied cells and so favours dense taxa; with it the ranks agree
+with `mutual_info_regression(k=3)` at Spearman about 0.95 on COAD (tests/test_deps.py). Negative
+corrected values are clipped to 0 (MI >= 0).
+
+Permutation p-values: the marginals are invariant under a row permutation, so one permutation of
+the sample axis of one copy of H gives a null joint table for every pair at once; the Python loop
+runs over permutations only. p = (1 + #{null >= observed}) / (1 + P), with the [i, j] and [j, i]
+null draws averaged so the p matrix stays symmetric.
+
+Missing values (NaN): the training view holds out test/validation entries as NaN (MODEL.md
+section 3: statistics never see ground truth). NaN is treated as 0, i.e. unobserved, the same as a
+zero of a sparse profile, which is itself "not seen" (absent or undetected). This keeps every pair
+on the same complete design, so F is an exact OLS F on a fixed matrix (and equals statsmodels on
+it) and MI needs no per-pair sample sizes. The cost: held-out entries were nonzero, so the view is
+slightly sparser than the truth; that attenuates statistics equally in every trial of a study and
+cannot leak the held-out values, which are never read.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from depmicro.core.errors import DepmicroError
+
+NPZ_FORMAT = "depmicro-deps/1"
+
+
+@dataclass(frozen=True)
+class DepSettings:
+    """Everything that changes the raw matrices; part of the cache key."""
+
+    lag: int = 1
+    order_by: str | None = None  # metadata column to order samples by (else file order)
+    n_permutations: int = 0  # MI permutation p-values when > 0
+    seed: int = 0
+    mi_bins: int = 4  # equal-frequency bins for the nonzero values (plus one bin for zeros)
+    mi_bias_correction: bool = True  # Miller-Madow
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.lag, int) or self.lag < 1:
+            raise DepmicroError(f"lag must be a positive integer, not {self.lag!r}")
+        if not isinstance(self.n_permutations, int) or self.n_permutations < 0:
+            raise DepmicroError(f"number of permutations must be >= 0, not {self.n_permutations!r}")
+        if not isinstance(self.mi_bins, int) or self.mi_bins < 1:
+            raise DepmicroError(f"mi_bins must be a positive integer, not {self.mi_bins!r}")
+
+
+@dataclass
+class DepStats:
+    f_stat: np.ndarray  # (D, D) float, [i, j] = F of j -> i (does x_j's lag improve y_i), diagonal 0
+    f_pvalue: np.ndarray  # (D, D)
+    mi: np.ndarray  # (D, D) symmetric, nats, zero diagonal
+    mi_pvalue: np.ndarray | None
+    var_names: list[str]
+    seconds: float
+
+
+def _torch_device(device: str | None):
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise DepmicroError(f"unknown torch device {device!r}") from None
+
+
+def order_from_metadata(metadata, column: str) -> np.ndarray:
+    """Stable sample order by a metadata column: numerically when every value parses as a number,
+    else as text; missing values go last (in file order)."""
+    import pandas as pd
+
+    if metadata is None:
+        raise DepmicroError(f"ordering by {column!r} needs metadata, and there is none")
+    if column not in metadata.columns:
+        raise DepmicroError(f"unknown metadata column {column!r} to order by (have: {', '.join(map(str, metadata.columns))})")
+    col = metadata[column]
+    num = pd.to_numeric(col, errors="coerce")
+    key = num.to_numpy() if num.notna().sum() == col.notna().sum() else col.astype("string").to_numpy()
+    ranked = pd.Series(key, index=np.arange(len(col))).sort_values(kind="stable", na_position="last")
+    return ranked.index.to_numpy(dtype=np.int64)
+
+
+def _prepare(Y: np.ndarray, order: np.ndarray | None) -> np.ndarray:
+    Y = np.asarray(Y, dtype=np.float64)
+    if Y.ndim != 2 or Y.shape[0] == 0 or Y.shape[1] == 0:
+        raise DepmicroError(f"dependency statistics need a non-empty samples x taxa matrix, got shape {Y.shape}")
+    if np.isinf(Y).any():
+        raise DepmicroError("dependency statistics: matrix holds infinite values")
+    if order is not None:
+        order = np.asarray(order)
+        if order.shape != (Y.shape[0],) or not np.array_equal(np.sort(order), np.arange(Y.shape[0])):
+            raise DepmicroError(f"order must be a permutation of the {Y.shape[0]} sample indices")
+        Y = Y[order]
+    return np.where(np.isnan(Y), 0.0, Y)  # NaN = held out = unobserved, like a zero (module docstring)
+
+
+# --- F ---------------------------------------------------------------------------------------
+
+def f_statistics(Y: np.ndarray, lag: int = 1, device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """F and p for all ordered pairs: [i, j] tests whether Y[:-lag, j] improves the prediction of
+    Y[lag:, i] beyond Y[:-lag, i]. Y must be NaN-free and already in sample order."""
+    import torch
+    from scipy.special import fdtrc
+
+    n, D = Y.shape
+    m = n - lag
+    df = m - 3
+    if df < 1:
+        raise DepmicroError(f"too few samples for lag-{lag} F-statistics: {n} samples leave {df} residual degrees of freedom")
+    dev = _torch_device(device)
+    Yt = torch.as_tensor(Y, dtype=torch.float64, device=dev)
+    L, T = Yt[:-lag], Yt[lag:]
+    Lc, Tc = L - L.mean(0), T - T.mean(0)
+    CLL = Lc.T @ Lc  # [a, b] = sum_t L_a L_b
+    CLT = Lc.T @ Tc  # [a, b] = sum_t L_a T_b
+    syy = (Tc * Tc).sum(0)
+    sxx = torch.diagonal(CLL)
+    sxy = torch.diagonal(CLT)
+    scale = float(np.abs(Y).max()) if Y.size else 0.0
+    tiny = m * (1e-12 * max(scale, 1e-300)) ** 2  # a centred sum of squares this small is a constant
+    xok = sxx > tiny
+    sxx_safe = torch.where(xok, sxx, torch.ones_like(sxx))
+    rss_r = syy - torch.where(xok, sxy * sxy / sxx_safe, torch.zeros_like(sxy))  # (D,) per target i
+    # pair [i, j]: x = L_i, z = L_j, y = T_i
+    sxz = CLL
+    b = torch.where(xok[:, None], sxz / sxx_safe[:, None], torch.zeros_like(sxz))  # z regressed on x
+    szz = sxx[None, :].expand(D, D)
+    szz_p = szz - b * sxz
+    szy_p = CLT.T - b * sxy[:, None]
+    zok = (szz > tiny) & (szz_p > 1e-10 * szz)  # z not constant and not collinear with x
+    red = torch.where(zok, szy_p * szy_p / torch.where(zok, szz_p, torch.ones_like(szz_p)), torch.zeros_like(szz_p))
+    red = torch.minimum(torch.clamp(red, min=0.0), rss_r[:, None].clamp(min=0.0))
+    rss_f = rss_r[:, None] - red
+    yok = syy > tiny
+    floor = 1e-13 * syy[:, None]  # a perfect fit gives a huge finite F rather than inf/NaN
+    F = torch.where(yok[:, None] & zok, red / (torch.maximum(rss_f, floor) / df), torch.zeros_like(red))
+    F.fill_diagonal_(0.0)
+    F = F.cpu().numpy()
+    const = np.ptp(Y, axis=0) == 0  # whole column constant: F = 0 whichever side it is on
+    F[const, :] = 0.0
+    F[:, const] = 0.0
+    p = fdtrc(1, df, F)
+    p[F == 0] = 1.0
+    np.fill_diagonal(p, 1.0)
+    return F, p
+
+
+# --- MI --------------------------------------------------------------------------------------
+
+def bin_codes(Y: np.ndarray, bins: int) -> np.ndarray:
+    """(n, D) int codes: 0 for an exact zero, 1..bins for equal-frequency bins of the nonzero values
+    of each column (by min-rank, so equal values always share a bin)."""
+    from scipy.stats import rankdata
+
+    Y = np.asarray(Y, dtype=np.float64)
+    nz = Y != 0
+    keyed = np.where(nz, Y, -np.inf)  # zeros rank first, whatever the sign of the data
+    rank = rankdata(keyed, method="min", axis=0) - 1  # 0-based
+    n_zero = (~nz).sum(0)
+    nnz = np.maximum(nz.sum(0), 1)
+    codes = 1 + np.floor((rank - n_zero) * bins / nnz).astype(np.int64)
+    codes = np.clip(codes, 1, bins)
+    return np.where(nz, codes, 0)
+
+
+def _onehot(codes: np.ndarray, K: int, dev):
+    import torch
+
+    n, D = codes.shape
+    idx = torch.as_tensor(codes + K * np.arange(D)[None, :], device=dev)
+    H = torch.zeros((n, D * K), dtype=torch.float32, device=dev)
+    H.scatter_(1, idx, 1.0)
+    return H
+
+
+def _block_rows(D: int, K: int, budget: int = 40_000_000) -> int:
+    return max(1, min(D, budget // max(1, D * K * K)))
+
+
+def _joint_terms(Ha, Hb, D: int, K: int, correction: bool):
+    """Sum over cells of N log N (and the number of occupied cells) for every pair, block by block."""
+    import torch
+
+    n = Ha.shape[0]
+    rows = _block_rows(D, K)
+    out = torch.empty((D, D), dtype=torch.float64, device=Ha.device)
+    occ = torch.empty((D, D), dtype=torch.float64, device=Ha.device) if correction else None
+    for s in range(0, D, rows):
+        e = min(D, s + rows)
+        N = (Ha[:, s * K : e * K].T @ Hb).reshape(e - s, K, D, K)  # exact integer counts in float32 (n < 2^24)
+        out[s:e] = torch.xlogy(N, N).sum(dim=(1, 3), dtype=torch.float64)
+        if correction:
+            occ[s:e] = (N > 0).sum(dim=(1, 3)).to(torch.float64)
+    assert n < 2**24
+    return out, occ
+
+
+def _marginal_terms(H, D: int, K: int):
+    import torch
+
+    Nm = H.sum(0).reshape(D, K).to(torch.float64)
+    return torch.xlogy(Nm, Nm).sum(1), (Nm > 0).sum(1).to(torch.float64)
+
+
+def _mi_from(joint, occ, marg, kmarg, n: int, correction: bool):
+    import torch
+
+    mi = (joint - marg[:, None] - marg[None, :]) / n + float(np.log(n))
+    if correction:
+        mi = mi - (occ - kmarg[:, None] - kmarg[None, :] + 1.0) / (2.0 * n)
+    mi = torch.clamp(mi, min=0.0)
+    mi.fill_diagonal_(0.0)
+    return mi
+
+
+def mutual_information(Y: np.ndarray, bins: int = 4, *, correction: bool = True, n_permutations: int = 0,
+                       seed: int = 0, device: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """MI (nats) for all pairs and, with n_permutations > 0, permutation p-values (module docstring)."""
+    import torch
+
+    n, D = Y.shape
+    K = bins + 1
+    dev = _torch_device(device)
+    H = _onehot(bin_codes(Y, bins), K, dev)
+    marg, kmarg = _marginal_terms(H, D, K)
+    joint, occ = _joint_terms(H, H, D, K, correction)
+    mi = _mi_from(joint, occ, marg, kmarg, n, correction)
+    pval = None
+    if n_permutations > 0:
+        gen = np.random.default_rng(seed)
+        exceed = torch.zeros((D, D), dtype=torch.float64, device=dev)
+        for _ in range(n_permutations):
+            perm = torch.as_tensor(gen.permutation(n), device=dev)
+            j, o = _joint_terms(H, H[perm], D, K, correction)
+            null = _mi_from(j, o, marg, kmarg, n, correction)
+            exceed += (null >= mi).to(torch.float64)
+        exceed = (exceed + exceed.T) / 2.0
+        pval = ((1.0 + exceed) / (1.0 + n_permutations)).cpu().numpy()
+        np.fill_diagonal(pval, 1.0)
+    mi = mi.cpu().numpy()
+    return (mi + mi.T) / 2.0, pval  # exact symmetry (float rounding of the two block orders)
+
+
+# --- public API ------------------------------------------------------------------------------
+
+def compute_dep_stats(Y: np.ndarray, settings: DepSettings = DepSettings(), *, order: np.ndarray | None = None,
+                      var_names: Sequence[str] | None = None, device: str | None = None, metadata=None) -> DepStats:
+    """Raw F and MI matrices of a (training-view) matrix; NaN entries are held out and read as 0.
+
+    `order` (a permutation of the samples) sets the sample order for the lag; without it and with
+    `settings.order_by`, the order comes from that column of `metadata`.
+    """
+    t0 = time.perf_counter()
+    if order is None and settings.order_by is not None:
+        order = order_from_metadata(metadata, settings.order_by)
+    X = _prepare(Y, order)
+    D = X.shape[1]
+    names = [str(v) for v in var_names] if var_names is not None else [str(i) for i in range(D)]
+    if len(names) != D:
+        raise DepmicroError(f"{len(names)} taxon names for {D} columns")
+    f, fp = f_statistics(X, settings.lag, device)
+    mi, mip = mutual_information(X, settings.mi_bins, correction=settings.mi_bias_correction,
+                                 n_permutations=settings.n_permutations, seed=settings.seed, device=device)
+    return DepStats(f_stat=f, f_pvalue=fp, mi=mi, mi_pvalue=mip, var_names=names, seconds=time.perf_counter() - t0)
+
+
+def benjamini_hochberg(p: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """BH q-values of the entries selected by `mask` (all by default); others get 1."""
+    p = np.asarray(p, dtype=np.float64)
+    mask = np.ones(p.shape, dtype=bool) if mask is None else mask
+    q = np.ones_like(p)
+    vals = p[mask]
+    m = vals.size
+    if m == 0:
+        return q
+    order = np.argsort(vals, kind="stable")
+    ranked = vals[order] * m / np.arange(1, m + 1)
+    ranked = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = np.empty(m)
+    out[order] = np.minimum(ranked, 1.0)
+    q[mask] = out
+    return q
+
+
+def _check_level(name: str, v: float | None, upper: float | None = None) -> None:
+    if v is None:
+        return
+    if not np.isfinite(v) or v < 0 or (upper is not None and v > upper):
+        rng = f"in [0, {upper}]" if upper is not None else ">= 0"
+        raise DepmicroError(f"{name} must be {rng}, not {v}")
+
+
+def dependency_mask(stats: DepStats, f_threshold: float | None = None, mi_threshold: float | None = None, *,
+                    f_alpha: float | None = None, mi_alpha: float | None = None, fdr: bool = False) -> np.ndarray:
+    """Dep = C_dir OR C_mi with the diagonal set; Dep[i, j] True = token i may use token j.
+
+    C_dir[i, j] = F(j -> i) > f_threshold and/or p <= f_alpha (both must hold when both are given;
+    no criterion, no directed edges). C_mi likewise with MI > mi_threshold and/or the permutation
+    p <= mi_alpha. With fdr, the p-values are Benjamini-Hochberg q-values over the off-diagonal pairs.
+    """
+    _check_level("F threshold", f_threshold)
+    _check_level("MI threshold", mi_threshold)
+    _check_level("F alpha", f_alpha, 1.0)
+    _check_level("MI alpha", mi_alpha, 1.0)
+    D = stats.f_stat.shape[0]
+    off = ~np.eye(D, dtype=bool)
+
+    def side(stat, pval, thr, alpha, what):
+        if thr is None and alpha is None:
+            return np.zeros((D, D), dtype=bool)
+        c = off.copy()
+        if thr is not None:
+            c &= stat > thr
+        if alpha is not None:
+            if pval is None:
+                raise DepmicroError(f"{what} alpha needs permutation p-values (compute with n_permutations > 0)")
+            if fdr:
+                if what == "MI":  # symmetric: correct over the D(D-1)/2 distinct pairs
+                    upper = np.triu(off)
+                    q = benjamini_hochberg(pval, upper)
+                    pval = np.minimum(q, q.T)
+                else:
+                    pval = benjamini_hochberg(pval, off)
+            c &= pval <= alpha
+        return c
+
+    dep = side(stats.f_stat, stats.f_pvalue, f_threshold, f_alpha, "F") | side(stats.mi, stats.mi_pvalue, mi_threshold, mi_alpha, "MI")
+    np.fill_diagonal(dep, True)
+    return dep
+
+
+# --- persistence and cache -------------------------------------------------------------------
+
+def _atomic_savez(path: Path, arrays: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def dep_stats_to_npz(stats: DepStats, path: str | Path, *, dep: np.ndarray | None = None) -> None:
+    """One format for caches, checkpoints, bundles and `depmicro deps --out` (plus `dep` there)."""
+    arrays = {
+        "format": np.array(NPZ_FORMAT),
+        "f_stat": np.asarray(stats.f_stat, dtype=np.float64),
+        "f_pvalue": np.asarray(stats.f_pvalue, dtype=np.float64),
+        "mi": np.asarray(stats.mi, dtype=np.float64),
+        "var_names": np.array([str(v) for v in stats.var_names], dtype=np.str_),
+        "seconds": np.array(float(stats.seconds)),
+    }
+    if stats.mi_pvalue is not None:
+        arrays["mi_pvalue"] = np.asarray(stats.mi_pvalue, dtype=np.float64)
+    if dep is not None:
+        arrays["dep"] = np.asarray(dep, dtype=bool)
+    _atomic_savez(Path(path), arrays)
+
+
+def dep_stats_from_npz(path: str | Path) -> DepStats:
+    p = Path(path)
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            f, fp, mi = z["f_stat"], z["f_pvalue"], z["mi"]
+            mip = z["mi_pvalue"] if "mi_pvalue" in z.files else None
+            names = [str(v) for v in z["var_names"]]
+            seconds = float(z["seconds"]) if "seconds" in z.files else 0.0
+    except FileNotFoundError:
+        raise DepmicroError(f"{p}: no such file") from None
+    except (OSError, KeyError, ValueError) as exc:
+        raise DepmicroError(f"{p}: not a dependency-statistics file ({type(exc).__name__}: {exc})") from None
+    D = len(names)
+    for name, a in (("f_stat", f), ("f_pvalue", fp), ("mi", mi)) + ((("mi_pvalue", mip),) if mip is not None else ()):
+        if a.shape != (D, D):
+            raise DepmicroError(f"{p}: {name} has shape {a.shape}, expected ({D}, {D})")
+    return DepStats(f_stat=f, f_pvalue=fp, mi=mi, mi_pvalue=mip, var_names=names, seconds=seconds)
+
+
+def cache_key(Y: np.ndarray, settings: DepSettings = DepSettings(), order: np.ndarray | None = None) -> str:
+    """sha256 of the values, the NaN (held-out) pattern, the shape, the settings and the order."""
+    Y = np.ascontiguousarray(Y, dtype=np.float64)
+    nan = np.isnan(Y)
+    h = hashlib.sha256()
+    h.update(NPZ_FORMAT.encode())
+    h.update(json.dumps(list(Y.shape)).encode())
+    h.update(np.packbits(nan).tobytes())
+    h.update(np.where(nan, 0.0, Y).tobytes())  # NaN payload bits must not matter
+    h.update(json.dumps(asdict(settings), sort_keys=True).encode())
+    h.update(b"order:" + (b"none" if order is None else np.ascontiguousarray(order, dtype=np.int64).tobytes()))
+    return h.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("DEPMICRO_CACHE") or ".depmicro_cache")
+
+
+def cached_dep_stats(Y: np.ndarray, settings: DepSettings = DepSettings(), *, cache_dir: str | Path | None = None,
+                     order: np.ndarray | None = None, var_names=None, metadata=None, device: str | None = None) -> DepStats:
+    """compute_dep_stats once per (data, held-out pattern, settings, order); later calls read the file.
+
+    Concurrent trials may race to write the same entry: each writes a temp file and renames it, so
+    a reader sees a whole file or none, and a corrupt entry is recomputed and replaced.
+    """
+    if order is None and settings.order_by is not None:
+        order = order_from_metadata(metadata, settings.order_by)
+    d = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = d / f"deps-{cache_key(Y, settings, order)}.npz"
+    if path.exists():
+        try:
+            stats = dep_stats_from_npz(path)
+            if stats.f_stat.shape[0] == np.shape(Y)[1]:
+                if var_names is not None:
+                    stats.var_names = [str(v) for v in var_names]
+                return stats
+        except DepmicroError:
+            pass
+    stats = compute_dep_stats(Y, settings, order=order, var_names=var_names, device=device)
+    try:
+        dep_stats_to_npz(stats, path)
+    except OSError:
+        pass  # an unwritable cache costs time, not correctness
+    return stats
