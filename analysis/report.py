@@ -1,0 +1,122 @@
+"""`depmicro analyze`: tables, paired tests, importance and figures from a study's MLflow runs,
+gathered in one self-contained report.html (figures embedded as base64 PNG, so the file can be
+mailed or attached to the parent run and still show every figure)."""
+from __future__ import annotations
+
+import base64
+import html as h
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from depmicro.analysis import figures, importance, stats, tables
+from depmicro.analysis.runs import StudyRuns, load_study, per_microbe, results
+from depmicro.core.errors import DepmicroError
+from depmicro.core.manifest import atomic_write_text
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+table{border-collapse:collapse;font-size:12px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right;white-space:nowrap}
+td:first-child,th:first-child{text-align:left}h2{border-bottom:1px solid #ddd;margin-top:1.6em}
+figure{display:inline-block;margin:0.5em;vertical-align:top}figcaption{font-size:12px;color:#555;max-width:520px}
+img{max-width:100%}.muted{color:#777;font-size:12px}"""
+
+
+def _img(path: Path, caption: str) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return (f"<figure><img alt='{h.escape(caption)}' src='data:image/png;base64,{data}'>"
+            f"<figcaption>{h.escape(caption)}</figcaption></figure>")
+
+
+def _frame_html(df: pd.DataFrame, floats: str = "{:.4g}") -> str:
+    if df.empty:
+        return "<p class='muted'>nothing to show</p>"
+    return df.to_html(index=False, float_format=lambda x: floats.format(x), na_rep="–", border=0, escape=True)
+
+
+def analyze(study_name: str, out: str | Path, tracking_uri: str | None = None, log_to_parent: bool = True) -> dict:
+    """Write the review of a study into `out`; returns the paths and the headline numbers."""
+    t0 = time.perf_counter()
+    study = load_study(study_name, tracking_uri)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    res = results(study)
+    if res.empty:
+        raise DepmicroError(f"study {study_name!r} has no finished trials or baselines with test metrics yet")
+    # params of finished trials for sweeps; baselines have none
+    fin = study.finished
+    res_params = res.merge(fin[["run_id"] + [c for c in fin.columns if c.startswith("param.")]], on="run_id", how="left")
+
+    summ = tables.summary(res)
+    paths = tables.write_tables(summ, out)
+    comp = stats.compare(res, metrics=tuple(m for m in ("pcc_per_microbe", "pcc", "rmse")))
+    atomic_write_text(out / "comparisons.csv", comp.to_csv(index=False))
+    paths["comparisons_csv"] = out / "comparisons.csv"
+
+    target = importance.DEFAULT_TARGET if importance.DEFAULT_TARGET in fin else "val_pcc_per_microbe"
+    imp = importance.param_importance(fin, study.varying, target=target)
+    atomic_write_text(out / "importance.csv", imp.to_csv(index=False))
+    paths["importance_csv"] = out / "importance.csv"
+    sws = importance.sweeps(res_params[res_params["kind"] == "trial"])
+    for p, s in sws.items():
+        atomic_write_text(out / f"sweep_{p}.csv", s.to_csv(index=False))
+
+    figs: list[tuple[Path, str]] = []
+    pcc = per_microbe(list(res["run_id"]))
+    best = stats.reference_label(res)
+    mat = figures.per_microbe_matrix(res, pcc, best)
+    if (f := figures.heatmap(mat, out / "fig_per_microbe_heatmap.png", f"per-microbe test PCC, {best}")):
+        figs.append((f, f"Per-microbe test PCC of {best} across datasets (mean over seeds; blank: fewer than 5 held-out entries). Cf. paper Fig. 5."))
+    if (f := figures.boxplots(res, pcc, out / "fig_pcc_boxplots.png")):
+        figs.append((f, "Per-microbe test PCC by method (each point a microbe, averaged over seeds). Cf. paper Fig. 6."))
+    if (f := figures.importance_bars(imp, out / "fig_importance.png")):
+        figs.append((f, f"fANOVA hyperparameter importance of {target} over finished trials, per dataset."))
+    for p, s in sws.items():
+        if (f := figures.sweep_plot(s, p, "test pcc_per_microbe", out / f"fig_sweep_{p}.png")):
+            cap = f"Test per-microbe PCC against {p} (mean ± std over trials)" + (" — cf. paper Fig. 10." if p == "ar_decay" else ".")
+            figs.append((f, cap))
+
+    report = out / "report.html"
+    atomic_write_text(report, _html(study, res, summ, comp, imp, figs, target))
+    paths["report"] = report
+    logged = False
+    if log_to_parent and study.parent is not None:
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(study.tracking_uri).log_artifact(study.parent["run_id"], str(report), artifact_path="analysis")
+        logged = True
+    return {
+        "study": study_name, "out": str(out), "n_trials": int(len(study.trials)), "n_finished": int(len(fin)),
+        "n_baseline_runs": int(len(study.baselines)), "reference": best,
+        "files": sorted(p.name for p in out.iterdir() if not p.name.startswith(".")),
+        "n_figures": len(figs), "logged_to_parent": logged, "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def _html(study: StudyRuns, res: pd.DataFrame, summ: pd.DataFrame, comp: pd.DataFrame, imp: pd.DataFrame,
+          figs: list[tuple[Path, str]], target: str) -> str:
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    status = study.trials["status"].value_counts().to_dict() if len(study.trials) else {}
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>depmicro study {h.escape(study.name)}</title>",
+             f"<style>{CSS}</style></head><body>",
+             f"<h1>Study <code>{h.escape(study.name)}</code></h1>",
+             f"<p class='muted'>tracking {h.escape(study.tracking_uri)} · experiment {h.escape(study.experiment_id)} · "
+             f"generated {now} · trials by status: {h.escape(json.dumps(status))} · "
+             f"{len(study.baselines)} baseline runs · datasets: {h.escape(', '.join(sorted(res['dataset'].unique())))}</p>",
+             "<h2>Test metrics (Table II style)</h2>",
+             "<p class='muted'>mean ± sample std over held-out-mask seeds; best per dataset and metric in bold "
+             "(higher is better for PCC/cos, lower for RMSE/MAE).</p>",
+             tables.html(summ),
+             "<h2>Paired comparisons over seeds</h2>",
+             "<p class='muted'>each arm minus the reference on the same seeds: paired t-test, Wilcoxon signed-rank, "
+             "Cohen's d<sub>z</sub>, 95 % t-interval of the mean difference, Holm-corrected t-test p.</p>",
+             _frame_html(comp),
+             "<h2>Hyperparameter importance</h2>",
+             f"<p class='muted'>Optuna fANOVA on finished trials, target {h.escape(target)}.</p>",
+             _frame_html(imp),
+             "<h2>Figures</h2>"]
+    parts += [_img(p, c) for p, c in figs] or ["<p class='muted'>no figures (no per-microbe artifacts)</p>"]
+    parts.append("</body></html>")
+    return "\n".join(parts)

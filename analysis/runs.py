@@ -1,0 +1,172 @@
+"""A study's runs, read back from MLflow (docs: notes/TRACKING.md), as pandas frames.
+
+Everything downstream (tables, tests, figures, export) works from these frames, so a review never
+needs the Ray results folder: the tracking store is the record of a study.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from depmicro.core.errors import DepmicroError
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+METRICS = ("pcc_per_microbe", "pcc", "cos", "rmse", "mae")
+LOWER_IS_BETTER = frozenset({"rmse", "mae"})
+FINISHED = "TERMINATED"
+
+
+@dataclass
+class StudyRuns:
+    """One study as tidy frames: one row per run; metric columns without the `metrics.` prefix,
+    config columns as `param.<field>` typed like the ModelConfig field."""
+
+    name: str
+    tracking_uri: str
+    experiment_id: str
+    parent: pd.Series | None
+    trials: pd.DataFrame
+    baselines: pd.DataFrame
+    varying: list[str] = field(default_factory=list)  # config fields that differ between trials
+
+    @property
+    def finished(self) -> pd.DataFrame:
+        """Trials that ran to the end and carry test metrics (ASHA-stopped ones do not)."""
+        t = self.trials
+        if t.empty or "test_pcc_per_microbe" not in t:
+            return t.iloc[0:0]
+        return t[(t["status"] == FINISHED) & t["test_pcc_per_microbe"].notna()]
+
+
+def experiment_name(study: str) -> str:
+    return f"depmicro-{study}"
+
+
+def set_tracking(uri: str | None) -> str:
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per downloaded run floods the terminal
+    uri = uri or DEFAULT_TRACKING_URI
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def _typed_params(df: pd.DataFrame) -> pd.DataFrame:
+    """MLflow stores params as strings; give each config field its dataclass type back."""
+    from depmicro.core.config import ModelConfig
+
+    types = {f.name: (f.type if isinstance(f.type, str) else f.type.__name__) for f in fields(ModelConfig)}
+    out = {}
+    for col in [c for c in df.columns if c.startswith("params.")]:
+        name = col[len("params."):]
+        s = df[col]
+        kind = types.get(name)
+        if kind in ("int", "float"):
+            s = pd.to_numeric(s, errors="coerce")
+        elif kind == "bool":
+            s = s.map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v).lower() in ("true", "1"))
+        out[f"param.{name}"] = s
+    return pd.DataFrame(out, index=df.index)
+
+
+def _tidy(raw: pd.DataFrame) -> pd.DataFrame:
+    if raw.empty:
+        return pd.DataFrame()
+    tag = lambda k: raw.get(f"tags.depmicro.{k}", pd.Series([None] * len(raw), index=raw.index))  # noqa: E731
+    base = pd.DataFrame({
+        "run_id": raw["run_id"],
+        "run_status": raw["status"],
+        "kind": tag("kind"),
+        "trial_id": tag("trial_id"),
+        "dataset": tag("dataset"),
+        "seed": pd.to_numeric(tag("seed"), errors="coerce").astype("Int64"),
+        "variant": tag("variant"),
+        "method": tag("method"),
+        "status": tag("status"),
+        "git_commit": tag("git_commit"),
+        "parent_run_id": raw.get("tags.mlflow.parentRunId"),
+        "artifact_uri": raw["artifact_uri"],
+    })
+    metrics = raw[[c for c in raw.columns if c.startswith("metrics.")]].rename(columns=lambda c: c[len("metrics."):])
+    return pd.concat([base, metrics, _typed_params(raw)], axis=1)
+
+
+def _label_trials(trials: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Give every trial the row label of the tables: its ablation arm, or for a search the values
+    of the settings that differ between trials (trials of one config at several seeds share it)."""
+    pcols = [c for c in trials.columns if c.startswith("param.") and c != "param.seed"]
+    done = trials[trials["status"] == FINISHED] if (trials.get("status") == FINISHED).any() else trials
+    varying = [c[len("param."):] for c in pcols if done[c].dropna().astype(str).nunique() > 1]
+    def label(row: pd.Series) -> str:
+        v = row["variant"]
+        if isinstance(v, str) and v and v != "search":
+            return v
+        parts = [f"{p}={row[f'param.{p}']}" for p in varying]
+        return ", ".join(parts) if parts else "DepMicroDiff"
+    trials = trials.copy()
+    trials["label"] = trials.apply(label, axis=1) if len(trials) else pd.Series(dtype=str)
+    return trials, varying
+
+
+def load_study(name: str, tracking_uri: str | None = None) -> StudyRuns:
+    """Every run of study `name` from the tracking store; DepmicroError when there is no such study."""
+    import mlflow
+
+    uri = set_tracking(tracking_uri)
+    exp = mlflow.get_experiment_by_name(experiment_name(name))
+    if exp is None:
+        raise DepmicroError(f"no study {name!r} in {uri} (no MLflow experiment {experiment_name(name)!r})")
+    raw = mlflow.search_runs(
+        experiment_ids=[exp.experiment_id],
+        filter_string=f"tags.`depmicro.study` = '{name}'",
+        output_format="pandas",
+        max_results=100000,
+    )
+    runs = _tidy(raw)
+    if runs.empty:
+        raise DepmicroError(f"study {name!r} in {uri} has no runs")
+    parent = runs[runs["kind"] == "study"]
+    trials, varying = _label_trials(runs[runs["kind"] == "trial"].reset_index(drop=True))
+    baselines = runs[runs["kind"] == "baseline"].reset_index(drop=True).copy()
+    if len(baselines):
+        baselines["label"] = baselines["method"].astype(str) + " (baseline)"
+        baselines["status"] = baselines["status"].fillna(FINISHED)
+    return StudyRuns(name=name, tracking_uri=uri, experiment_id=exp.experiment_id,
+                     parent=parent.iloc[0] if len(parent) else None, trials=trials, baselines=baselines, varying=varying)
+
+
+def results(study: StudyRuns) -> pd.DataFrame:
+    """Finished trials and baselines in one frame: label, dataset, seed, test_<metric>."""
+    cols = ["run_id", "kind", "label", "dataset", "seed", "artifact_uri"] + [f"test_{m}" for m in METRICS]
+    parts = [study.finished]
+    b = study.baselines
+    if len(b) and "test_pcc_per_microbe" in b:
+        parts.append(b[b["test_pcc_per_microbe"].notna()])
+    parts = [p.reindex(columns=cols) for p in parts if len(p)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
+
+
+def per_microbe(run_ids: list[str], split: str = "test") -> dict[str, tuple[list[str], np.ndarray]]:
+    """`per_microbe_pcc.json` of each run (missing artifacts are skipped): run id -> (taxa, PCC)."""
+    import mlflow
+
+    out: dict[str, tuple[list[str], np.ndarray]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rid in run_ids:
+            try:
+                path = mlflow.artifacts.download_artifacts(run_id=rid, artifact_path="per_microbe_pcc.json",
+                                                           dst_path=os.path.join(tmp, rid))
+            except Exception:  # an artifact store raises many kinds; a run without the file is simply left out
+                continue
+            d = json.loads(Path(path).read_text())
+            vals = np.array([np.nan if v is None else float(v) for v in d.get(split, [])], dtype=float)
+            if len(vals) == len(d.get("var_names", [])):
+                out[rid] = (list(d["var_names"]), vals)
+    return out
