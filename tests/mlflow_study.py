@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 STUDY = "unit"
 DATASETS = ("alpha", "beta")
@@ -149,3 +150,9 @@ def log_study(root: Path) -> dict:
     (root / "done").write_text(json.dumps({"runs": runs}))
     info["runs"] = runs
     return info
+
+
+@pytest.fixture(scope="session")
+def logged_study(tmp_path_factory) -> dict:
+    """Import into a test module to use; built once per session (log_study is idempotent per root)."""
+    return log_study(tmp_path_factory.getbasetemp() / "analysis_study")

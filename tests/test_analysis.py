@@ -15,12 +15,7 @@ import pandas as pd
 import pytest
 
 from depmicro.core.cli import main
-from tests.mlflow_study import ARMS, DATASETS, PPM, REFERENCE, STUDY, log_study, other_metrics
-
-
-@pytest.fixture(scope="session")
-def logged_study(tmp_path_factory):
-    return log_study(tmp_path_factory.getbasetemp() / "analysis_study")
+from tests.mlflow_study import ARMS, DATASETS, PPM, REFERENCE, STUDY, logged_study, other_metrics  # noqa: F401
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,158 @@
+"""`depmicro export`: ship the best trial of a study as a self-contained, verifiable bundle.
+
+The bundle is the trial's `model/` artifact (what core.checkpoint.save_model wrote: safetensors
+weights, config, dependency mask, normalization, taxa, metadata-encoder reference) plus
+metrics.json and provenance.json, all covered by one SHA-256 manifest. It is built in a temporary
+sibling directory and renamed into place, so a failed export never leaves half a bundle.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from depmicro.analysis.runs import METRICS, StudyRuns, load_study
+from depmicro.core.errors import DepmicroError
+from depmicro.core.manifest import MANIFEST
+
+DEFAULT_METRIC = "best_val_pcc_per_microbe"
+PYFUNC_CODE = Path(__file__).with_name("pyfunc.py")
+
+
+def pick_best(study: StudyRuns, metric: str = DEFAULT_METRIC, mode: str = "max") -> pd.Series:
+    """The finished trial with the best `metric` (ties: the earliest run); DepmicroError if none."""
+    if mode not in ("max", "min"):
+        raise DepmicroError(f"mode must be max or min, not {mode!r}")
+    fin = study.finished
+    if fin.empty:
+        raise DepmicroError(f"study {study.name!r} has no finished trials to export")
+    if metric not in fin.columns:
+        known = sorted(c for c in fin.columns if c.startswith(("val_", "best_val_", "test_")))
+        raise DepmicroError(f"metric {metric!r} was not logged by study {study.name!r} (logged: {', '.join(known)})")
+    vals = pd.to_numeric(fin[metric], errors="coerce")
+    ok = vals.notna() & vals.map(math.isfinite)
+    if not ok.any():
+        raise DepmicroError(f"no finished trial of study {study.name!r} has a finite {metric}")
+    vals = vals[ok]
+    return fin.loc[vals.idxmax() if mode == "max" else vals.idxmin()]
+
+
+def _val_metrics_at_best(client, run_id: str, val_metric: str) -> dict:
+    """Validation metrics at the epoch the saved (best-validation) model comes from."""
+    hist = {m: {x.step: x.value for x in client.get_metric_history(run_id, f"val_{m}")} for m in METRICS}
+    sel = hist.get(val_metric) or {}
+    if not sel:
+        return {}
+    lower = val_metric in ("rmse", "mae")
+    step = (min if lower else max)(sel, key=lambda s: (sel[s], -s) if not lower else (sel[s], s))
+    return {"epoch": int(step), **{m: hist[m].get(step) for m in METRICS}}
+
+
+def _finite(v):
+    return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
+
+
+def export(study_name: str, out: str | Path, tracking_uri: str | None = None, metric: str = DEFAULT_METRIC,
+           mode: str = "max", register: str | None = None) -> dict:
+    """Write the bundle of the best trial to `out`; optionally register it as a pyfunc model."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from depmicro.core.checkpoint import atomic_dir, load_model
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
+        raise DepmicroError(f"{out}: exists and is not a depmicro bundle; refusing to replace it")
+    study = load_study(study_name, tracking_uri)
+    best = pick_best(study, metric, mode)
+    client = MlflowClient(study.tracking_uri)
+    run_id = str(best["run_id"])
+    cfg_val_metric = str(best.get("param.val_metric") or "pcc_per_microbe")
+    metrics = {
+        "selection": {"metric": metric, "mode": mode, "value": float(best[metric])},
+        "val": {"best_val_pcc_per_microbe": _finite(best.get("best_val_pcc_per_microbe")),
+                **_val_metrics_at_best(client, run_id, cfg_val_metric)},
+        "test": {m: _finite(best.get(f"test_{m}")) for m in (*METRICS, "n_microbes", "n_heldout")},
+    }
+    for k in ("n_microbes", "n_heldout"):
+        if metrics["test"][k] is not None:
+            metrics["test"][k] = int(metrics["test"][k])
+    provenance = {
+        "study": study.name, "trial_id": best["trial_id"], "run_id": run_id, "parent_run_id": best.get("parent_run_id"),
+        "experiment_id": study.experiment_id, "dataset": best["dataset"],
+        "seed": None if pd.isna(best["seed"]) else int(best["seed"]), "variant": best.get("variant"),
+        "label": best.get("label"), "git_commit": best.get("git_commit"), "tracking_uri": study.tracking_uri,
+        "model_artifact": f"runs:/{run_id}/model", "n_candidates": int(len(study.finished)),
+        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+    with tempfile.TemporaryDirectory(prefix="depmicro-export-") as tmp:
+        try:
+            src = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model", dst_path=tmp))
+        except Exception as exc:  # artifact stores raise many kinds; the user needs one line
+            raise DepmicroError(f"trial {best['trial_id']} (run {run_id}) has no downloadable model/ artifact "
+                                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        load_model(src)  # the tracked copy must be intact (manifest) and loadable before it is shipped
+
+        def fill(d: Path) -> None:
+            for p in src.iterdir():
+                if p.name == MANIFEST:
+                    continue
+                (shutil.copytree if p.is_dir() else shutil.copy2)(p, d / p.name)
+            (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            (d / "provenance.json").write_text(json.dumps(provenance, indent=2, default=str))
+
+        atomic_dir(out, fill)
+    load_model(out)  # what we ship verifies and loads
+    result = {"study": study.name, "out": str(out.resolve()), "trial_id": best["trial_id"], "run_id": run_id,
+              "dataset": best["dataset"], "seed": provenance["seed"], "metric": metric, "value": float(best[metric]),
+              "test": metrics["test"]}
+    if register:
+        result["registered"] = register_bundle(out, register, study)
+    result["seconds"] = round(time.perf_counter() - t0, 2)
+    return result
+
+
+def register_bundle(bundle: str | Path, name: str, study: StudyRuns | None = None, zeros_missing: bool = False) -> dict:
+    """Log the bundle as a models-from-code pyfunc model in the study's experiment and register it."""
+    import mlflow
+
+    if study is not None:
+        mlflow.set_experiment(experiment_id=study.experiment_id)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*type hints.*")  # input is a free-form counts frame
+        info = mlflow.pyfunc.log_model(
+            name="depmicro-bundle", python_model=str(PYFUNC_CODE), artifacts={"bundle": str(Path(bundle).resolve())},
+            registered_model_name=name, model_config={"zeros_missing": zeros_missing},
+            pip_requirements=["mlflow", "torch", "safetensors", "numpy", "pandas"],
+        )
+    return {"name": name, "version": int(info.registered_model_version), "model_uri": f"models:/{name}/{info.registered_model_version}",
+            "logged_model_uri": info.model_uri}
+
+
+def replay(bundle: str | Path, data: str | Path, metadata: str | Path | None = None) -> dict:
+    """Test metrics of a bundle recomputed from scratch: rebuild the trial's held-out masks from its
+    seed (provenance.json) and the config's ratios, impute the training view, score split.test.
+    Equal to the run's test_* metrics when the bundle is the model the trial reported on."""
+    from depmicro.core.checkpoint import load_model
+    from depmicro.core.data import load_dataset
+    from depmicro.core.protocol import evaluate, make_split, training_view
+
+    bundle = Path(bundle)
+    imp = load_model(bundle)
+    prov = json.loads((bundle / "provenance.json").read_text())
+    ds = load_dataset(data, metadata=metadata)
+    cfg = imp.cfg
+    Y = ds.normalized
+    split = make_split(Y, seed=int(prov["seed"]), test_ratio=cfg.test_ratio, val_ratio=cfg.val_ratio)
+    filled = imp.impute(training_view(Y, split), split.observed, ds.metadata_text() if cfg.use_metadata else None)
+    return evaluate(Y, filled, split.test)
