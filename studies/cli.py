@@ -1,0 +1,77 @@
+"""`depmicro study run|resume|status`. Heavy imports (Ray, MLflow, torch) happen inside handlers."""
+from __future__ import annotations
+
+import argparse
+
+
+def _common(p: argparse.ArgumentParser, address: bool = True) -> None:
+    if address:
+        p.add_argument("--address", help="an existing Ray cluster (host:port); default: a private Ray on this machine")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db in the working directory)")
+    p.add_argument("--storage", help="Ray Tune storage directory (default: ./depmicro_results)")
+
+
+def _run(args: argparse.Namespace) -> dict:
+    from depmicro.studies.runner import run_study
+
+    return run_study(args.file, address=args.address, tracking_uri=args.tracking_uri, storage=args.storage)
+
+
+def _resume(args: argparse.Namespace) -> dict:
+    from depmicro.studies.runner import resume_study
+
+    return resume_study(args.name, address=args.address, tracking_uri=args.tracking_uri, storage=args.storage)
+
+
+def _status(args: argparse.Namespace) -> dict | None:
+    from depmicro.studies.runner import study_status
+
+    st = study_status(args.name, tracking_uri=args.tracking_uri, storage=args.storage)
+    if args.json:
+        return st
+    print(format_status(st))
+    return None
+
+
+def format_status(st: dict) -> str:
+    """A table a person reads: one trial per line, the study's metric and test result."""
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(st["counts"].items())) or "no trials yet"
+    expected = f" of {st['expected_trials']}" if "expected_trials" in st else ""
+    lines = [f"study {st['name']}: {st['state']}; {len(st['trials'])}{expected} trial(s): {counts}",
+             f"  mlflow {st['tracking_uri']}  storage {st['storage']}"]
+    head = f"  {'trial_id':<14} {'status':<10} {'dataset':<10} {'seed':>4} {'variant':<22} {'epochs':>6} {'val_pcc_pm':>10} {'test_pcc_pm':>11}"
+    lines.append(head)
+    for t in st["trials"]:
+        m = t["metrics"]
+        epochs = t["config"].get("epochs", "")
+        lines.append(f"  {str(t['trial_id']):<14} {t['status']:<10} {str(t['dataset']):<10} {str(t['seed']):>4} "
+                     f"{str(t['variant'])[:22]:<22} {str(epochs):>6} {_f(m.get('best_val_pcc_per_microbe', m.get('val_pcc_per_microbe'))):>10} "
+                     f"{_f(m.get('test_pcc_per_microbe')):>11}")
+    for b in st.get("baselines", []):
+        lines.append(f"  baseline {b['method']:<9} {str(b['dataset']):<10} seed {b['seed']}: "
+                     f"test_pcc_per_microbe={_f(b['metrics'].get('test_pcc_per_microbe'))}")
+    return "\n".join(lines)
+
+
+def _f(v) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from depmicro.core.cli import add_command
+
+    study = sub.add_parser("study", help="hyperparameter studies on Ray Tune, tracked in MLflow",
+                           description="hyperparameter studies on Ray Tune, tracked in MLflow")
+    ssub = study.add_subparsers(dest="study_command", metavar="ACTION", required=True)
+    p = add_command(ssub, "run", _run, "run a study file (YAML) to completion")
+    p.add_argument("file", help="study file, e.g. studies/quickstart.yaml")
+    _common(p)
+    p.set_defaults(command="study run")
+    p = add_command(ssub, "resume", _resume, "continue a study whose driver stopped; finished trials are kept")
+    p.add_argument("name", help="the study's name (its `name:` key)")
+    _common(p)
+    p.set_defaults(command="study resume")
+    p = add_command(ssub, "status", _status, "every trial of a study with its status, config and metrics")
+    p.add_argument("name", help="the study's name (its `name:` key)")
+    _common(p, address=False)
+    p.set_defaults(command="study status")

@@ -1,0 +1,191 @@
+"""The Ray Tune trainable: one trial trains one model on one (dataset, held-out seed).
+
+Everything expensive and shared (data, splits, dependency statistics) arrives through
+`tune.with_parameters` from the driver, so a worker node needs neither the data files nor a
+dependency cache, and F/MI statistics are computed once per (dataset, seed), never per trial.
+
+Checkpoints: every validated epoch reports its metrics with a checkpoint directory holding
+`state/` (core fit's resumable state); a retried or resumed trial continues from it. The last
+epoch's report is held back until fit() has returned, and goes out together with the test
+metrics (one imputation with the best-validation model gives test_* and the per-microbe PCCs) in
+a final checkpoint that also holds `best_model/` and `final.json`. Holding it back means ASHA sees
+a finished trial's last epoch only once everything is in the result; a trial restored from a
+final checkpoint re-reports it instead of training again (exactly once).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from depmicro.studies.spec import VAL_METRICS, StudySpec
+
+TRIAL_INDEX = "__trial_index__"  # set by ray.tune.search.Repeater (Optuna over several datasets/seeds)
+EPOCH_KEYS = ("train_loss", "epoch_seconds", *(f"val_{m}" for m in VAL_METRICS))
+FINAL_FILE = "final.json"
+TRIAL_FILE = "trial.json"
+
+
+@dataclass
+class SharedData:
+    """What every trial needs, built once on the driver and put in the object store once."""
+
+    spec: StudySpec
+    datasets: dict[str, Any]                      # dataset name -> core Dataset
+    splits: dict[str, Any]                        # data key -> core Split
+    dep_stats: dict[str, Any]                     # data key -> DepStats | None (None: no trial needs them)
+    pretrain: dict[str, tuple] = field(default_factory=dict)  # dataset name -> pretraining Datasets
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    data_key: str
+    dataset: str
+    seed: int
+    arm: str
+    replicate: int
+    config: dict  # the full ModelConfig as config_to_dict
+
+
+def data_combos(spec: StudySpec) -> list[tuple[str, int]]:
+    """(data key, replicate) pairs one suggested configuration is run on."""
+    return [(k, r) for k in spec.data_keys for r in range(spec.replicates)]
+
+
+def resolve_trial(spec: StudySpec, config: dict) -> TrialSetup:
+    """Tune's flat trial config -> the trial's data, arm and full validated ModelConfig."""
+    from depmicro.core.config import config_from_dict, config_to_dict
+    from depmicro.studies.spec import split_data_key
+
+    if TRIAL_INDEX in config and "data" not in config:
+        key, replicate = data_combos(spec)[int(config[TRIAL_INDEX]) % len(data_combos(spec))]
+    else:
+        key = config.get("data", spec.data_keys[0])
+        replicate = int(config.get("replicate", 0))
+    arm = config.get("arm", "search")
+    overrides = dict(spec.base_config)
+    overrides.update(spec.arms.get(arm, {}))
+    overrides.update({k: v for k, v in config.items() if k in spec.search_space})
+    cfg = config_from_dict(overrides)
+    cfg.seed = cfg.seed + replicate
+    dataset, seed = split_data_key(key)
+    return TrialSetup(key, dataset, seed, arm, replicate, config_to_dict(cfg))
+
+
+def _best_so_far(best: dict, val: dict) -> dict:
+    for m in VAL_METRICS:
+        v = val.get(m)
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            continue
+        key = f"best_val_{m}"
+        if key not in best or ((v < best[key]) if m in ("rmse", "mae") else (v > best[key])):
+            best[key] = float(v)
+    return best
+
+
+def train_trial(config: dict, shared: SharedData) -> None:
+    """Function trainable (see the module docstring for the reporting and checkpoint contract)."""
+    import numpy as np
+    import ray
+    import torch
+    from ray import tune
+
+    from depmicro.core.config import config_from_dict
+    from depmicro.core.protocol import evaluate, per_microbe_pcc, training_view
+    from depmicro.core.train import fit
+
+    spec = shared.spec
+    setup = resolve_trial(spec, config)
+    cfg = config_from_dict(setup.config)
+    torch.set_num_threads(max(1, int(round(spec.resources.cpu))))
+    node_id = ray.get_runtime_context().get_node_id()
+    data = shared.datasets[setup.dataset]
+    split = shared.splits[setup.data_key]
+    pretrain = tuple(shared.pretrain.get(setup.dataset, ())) if cfg.vae_pretrain else ()
+
+    t_start = time.time()
+    elapsed_before = 0.0
+    resume_from = None
+    best: dict = {}
+    restore_dir = None
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        restore_dir = tempfile.mkdtemp(prefix="depmicro-restore-")
+        ckpt.to_directory(restore_dir)
+        root = Path(restore_dir)
+        if (root / FINAL_FILE).is_file():  # finished before the driver or worker died: report it again, do not retrain
+            final = json.loads((root / FINAL_FILE).read_text())
+            tune.report(final["metrics"], checkpoint=tune.Checkpoint.from_directory(restore_dir))
+            shutil.rmtree(restore_dir, ignore_errors=True)
+            return
+        info = json.loads((root / TRIAL_FILE).read_text())
+        elapsed_before, best = float(info["elapsed"]), dict(info["best"])
+        resume_from = root / "state"
+
+    pending: dict = {}  # the held-back last epoch: metrics and its checkpoint directory
+
+    def on_epoch(rep) -> None:
+        if not rep.val:  # epochs without validation have nothing for the scheduler; no report
+            return None
+        _best_so_far(best, rep.val)
+        metrics = {"epoch": rep.epoch, "train_loss": float(rep.train_loss), "epoch_seconds": float(rep.seconds),
+                   **{f"val_{m}": float(rep.val[m]) for m in VAL_METRICS if m in rep.val}, **best, "node_id": node_id}
+        d = Path(tempfile.mkdtemp(prefix="depmicro-ckpt-"))
+        rep.save_checkpoint(d / "state")
+        (d / TRIAL_FILE).write_text(json.dumps({"elapsed": elapsed_before + time.time() - t_start, "best": best}))
+        if rep.epoch >= cfg.epochs:
+            pending.update(metrics=metrics, dir=d)
+            return None
+        try:
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(d)))
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+        return None
+
+    try:
+        res = fit(cfg, data, split, pretrain=pretrain, dep_stats=shared.dep_stats.get(setup.data_key),
+                  on_epoch=on_epoch, resume_from=resume_from)
+    finally:
+        if restore_dir:
+            shutil.rmtree(restore_dir, ignore_errors=True)
+
+    # test metrics, once, from the best-validation model
+    Y = data.normalized
+    view = training_view(Y, split)
+    meta = data.metadata_text() if cfg.use_metadata else None
+    torch.manual_seed(cfg.seed)
+    filled = res.imputer.impute(view, split.observed, meta)
+    test = evaluate(Y, filled, split.test)
+    per_test = per_microbe_pcc(Y, filled, split.test)
+    per_val = per_microbe_pcc(Y, filled, split.val) if split.val.any() else np.full(Y.shape[1], np.nan)
+
+    d = pending.get("dir") or Path(tempfile.mkdtemp(prefix="depmicro-ckpt-"))
+    metrics = dict(pending.get("metrics") or _last_metrics(res, best, node_id))
+    metrics.update({f"test_{k}": (float(v) if k not in ("n_microbes", "n_heldout") else int(v)) for k, v in test.items()})
+    metrics["seconds"] = elapsed_before + time.time() - t_start
+    metrics.setdefault("best_val_pcc_per_microbe", float(res.val.get("pcc_per_microbe", float("nan"))) if res.val else float("nan"))
+    from depmicro.core.checkpoint import save_model
+
+    save_model(res.imputer, d / "best_model")
+    nan_to_none = lambda a: [None if not np.isfinite(x) else float(x) for x in a]  # noqa: E731
+    (d / "per_microbe_pcc.json").write_text(json.dumps({"var_names": list(data.var_names), "test": nan_to_none(per_test), "val": nan_to_none(per_val)}))
+    (d / FINAL_FILE).write_text(json.dumps({"metrics": metrics}))
+    try:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(d)))
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _last_metrics(res, best: dict, node_id: str) -> dict:
+    """Metrics of the last epoch when it was already reported (fit stopped early on patience)."""
+    last = next((h for h in reversed(res.history) if h.get("val")), res.history[-1] if res.history else {})
+    val = last.get("val") or {}
+    return {"epoch": int(last.get("epoch", res.epochs)), "train_loss": float(last.get("train_loss", float("nan"))),
+            "epoch_seconds": float(last.get("seconds", 0.0)), **{f"val_{m}": float(val[m]) for m in VAL_METRICS if m in val},
+            **best, "node_id": node_id}
