@@ -139,10 +139,11 @@ def register_bundle(bundle: str | Path, name: str, study: StudyRuns | None = Non
             "logged_model_uri": info.model_uri}
 
 
-def replay(bundle: str | Path, data: str | Path, metadata: str | Path | None = None) -> dict:
+def replay(bundle: str | Path, data, metadata: str | Path | None = None) -> dict:
     """Test metrics of a bundle recomputed from scratch: rebuild the trial's held-out masks from its
     seed (provenance.json) and the config's ratios, impute the training view, score split.test.
-    Equal to the run's test_* metrics when the bundle is the model the trial reported on."""
+    Equal to the run's test_* metrics when the bundle is the model the trial reported on.
+    `data` is a path (read with load_dataset) or a core.data.Dataset already loaded."""
     from depmicro.core.checkpoint import load_model
     from depmicro.core.data import load_dataset
     from depmicro.core.protocol import evaluate, make_split, training_view
@@ -150,7 +151,7 @@ def replay(bundle: str | Path, data: str | Path, metadata: str | Path | None = N
     bundle = Path(bundle)
     imp = load_model(bundle)
     prov = json.loads((bundle / "provenance.json").read_text())
-    ds = load_dataset(data, metadata=metadata)
+    ds = data if hasattr(data, "normalized") else load_dataset(data, metadata=metadata)
     cfg = imp.cfg
     Y = ds.normalized
     split = make_split(Y, seed=int(prov["seed"]), test_ratio=cfg.test_ratio, val_ratio=cfg.val_ratio)

@@ -111,8 +111,9 @@ def _html(study: StudyRuns, res: pd.DataFrame, summ: pd.DataFrame, comp: pd.Data
              tables.html(summ),
              "<h2>Paired comparisons over seeds</h2>",
              "<p class='muted'>each arm minus the reference on the same seeds: paired t-test, Wilcoxon signed-rank, "
-             "Cohen's d<sub>z</sub>, 95 % t-interval of the mean difference, Holm-corrected t-test p.</p>",
-             _frame_html(comp),
+             "Cohen's d<sub>z</sub>, 95 % t-interval of the mean difference, Holm-corrected t-test p (per metric). "
+             "Arms with fewer than two shared seeds are left out here (comparisons.csv has them).</p>",
+             _frame_html(comp[comp["n_pairs"] >= 2]),
              "<h2>Hyperparameter importance</h2>",
              f"<p class='muted'>Optuna fANOVA on finished trials, target {h.escape(target)}.</p>",
              _frame_html(imp),
