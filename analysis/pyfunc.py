@@ -54,7 +54,7 @@ class BundleImputer(mlflow.pyfunc.PythonModel):
         self.imputer = load_model(context.artifacts["bundle"])
         self.zeros_missing = bool((context.model_config or {}).get("zeros_missing", False))
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         zeros = bool((params or {}).get("zeros_missing", self.zeros_missing))
         return impute_frame(self.imputer, pd.DataFrame(model_input), zeros_missing=zeros)
 

@@ -75,10 +75,10 @@ def test_analyze_reports_the_tracked_numbers(quickstart, analyzed):
 
 def test_export_reproduces_the_trials_test_metrics(quickstart, exported, tmp_path, capsys):
     from depmicro.analysis.export import replay
-    from depmicro.studies.runner import load_study_dataset
-    from depmicro.studies.spec import load_spec
+    from depmicro.studies.runner import STATE_FILE, load_study_dataset
+    from depmicro.studies.spec import spec_from_json
 
-    name, uri, _ = quickstart
+    name, uri, storage = quickstart
     code, bundle, seconds = exported
     assert code == 0 and seconds < TIME_LIMIT_S
     prov = json.loads((bundle / "provenance.json").read_text())
@@ -86,12 +86,9 @@ def test_export_reproduces_the_trials_test_metrics(quickstart, exported, tmp_pat
     run = runs.loc[prov["run_id"]]
     fin = runs[(runs["tags.depmicro.kind"] == "trial") & (runs["tags.depmicro.status"] == "TERMINATED")]
     assert run["metrics.best_val_pcc_per_microbe"] == fin["metrics.best_val_pcc_per_microbe"].max()
-    # rebuild the dataset as the study did, from the spec it logged on the parent run
-    import mlflow
-
-    parent = runs[runs["tags.depmicro.kind"] == "study"].index[0]
-    spec_path = mlflow.artifacts.download_artifacts(run_id=parent, artifact_path="study.yaml", dst_path=str(tmp_path))
-    spec = load_spec(spec_path)
+    # rebuild the dataset as the study did, from its resolved spec (absolute paths, synthetic settings)
+    state = Path(storage) / STATE_FILE if (Path(storage) / STATE_FILE).is_file() else Path(storage) / name / STATE_FILE
+    spec = spec_from_json(json.loads(state.read_text())["spec"])
     data = load_study_dataset(spec.dataset(prov["dataset"]))
     got = replay(bundle, data)
     for m in ("pcc", "cos", "rmse", "mae", "pcc_per_microbe"):
