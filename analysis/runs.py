@@ -98,6 +98,11 @@ def _tidy(raw: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([base, metrics, _typed_params(raw)], axis=1)
 
 
+def _short(v) -> str:
+    """Searched floats are long; four significant digits tell configs apart in a table."""
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def _label_trials(trials: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Give every trial the row label of the tables: its ablation arm, or for a search the values
     of the settings that differ between trials (trials of one config at several seeds share it)."""
@@ -108,7 +113,7 @@ def _label_trials(trials: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         v = row["variant"]
         if isinstance(v, str) and v and v != "search":
             return v
-        parts = [f"{p}={row[f'param.{p}']}" for p in varying]
+        parts = [f"{p}={_short(row[f'param.{p}'])}" for p in varying]
         return ", ".join(parts) if parts else "DepMicroDiff"
     trials = trials.copy()
     trials["label"] = trials.apply(label, axis=1) if len(trials) else pd.Series(dtype=str)
