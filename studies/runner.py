@@ -211,7 +211,7 @@ def _progress_callback(spec: StudySpec, total: int):
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.done += 1
             how = "finished" if "test_pcc" in (trial.last_result or {}) else "stopped early"
-            self._p(f"trial {trial.trial_id} {how} ({sum(t.status in ('TERMINATED', 'ERROR') for t in trials)}/{total} done)")
+            self._p(f"trial {trial.trial_id} {how} ({self.done}/{total} done this session)")
 
         def on_trial_recover(self, iteration, trials, trial, **info):
             self._p(f"trial {trial.trial_id} failed, retrying from its last checkpoint")
@@ -335,6 +335,8 @@ def _execute(spec: StudySpec, exp: Path, tracking_uri: str, exp_id: str, parent:
     from depmicro.studies import tracking
 
     t0 = time.time()
+    # checkpoints every epoch force experiment snapshots (what makes resume exact); do not warn about it
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     cluster = connect(address)
     log(f"[{spec.name}] Ray: {cluster['nodes']} node(s), {cluster['cpus']:g} CPU, {cluster['gpus']:g} GPU; "
         f"MLflow: {tracking_uri}; storage: {exp}")

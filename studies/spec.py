@@ -509,7 +509,10 @@ def _check_configs(spec: StudySpec) -> None:
         try:
             config_from_dict({**spec.base_config, **over})
         except DepmicroError as exc:
-            raise DepmicroError(f"{where}: {exc}") from None
+            hint = ""
+            if any(isinstance(v, bool) for v in over.values()) and "must be a string" in str(exc):
+                hint = " (YAML reads off/on/yes/no as booleans: quote it, e.g. \"off\")"
+            raise DepmicroError(f"{where}: {exc}{hint}") from None
 
     for k, p in spec.search_space.items():
         cands = list(p.values) if p.values else [p.low, p.high]
