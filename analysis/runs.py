@@ -17,7 +17,6 @@ import pandas as pd
 
 from depmicro.core.errors import DepmicroError
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 METRICS = ("pcc_per_microbe", "pcc", "cos", "rmse", "mae")
 LOWER_IS_BETTER = frozenset({"rmse", "mae"})
 FINISHED = "TERMINATED"
@@ -53,7 +52,11 @@ def set_tracking(uri: str | None) -> str:
     import mlflow
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per downloaded run floods the terminal
-    uri = uri or DEFAULT_TRACKING_URI
+    uri = uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        if not db.is_file():  # MLflow would silently create an empty store and report "no such study"
+            raise DepmicroError(f"no MLflow database at {db} (give --tracking-uri)")
     mlflow.set_tracking_uri(uri)
     return uri
 

@@ -207,3 +207,10 @@ def test_search_trials_are_grouped_by_config_across_seeds():
     summ = tables.summary(labeled)
     row = summ[(summ["label"] == "lr=0.0005, n_layers=2") & (summ["metric"] == "pcc")].iloc[0]
     assert (row["mean"], row["n"]) == (pytest.approx(0.7), 2) and row["std"] == pytest.approx(np.std([0.5, 0.9], ddof=1))
+
+
+def test_missing_tracking_database_is_not_created(tmp_path, capsys):
+    db = tmp_path / "none.db"
+    code = main(["analyze", STUDY, "--tracking-uri", f"sqlite:///{db}", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "no MLflow database" in err and not db.exists()
