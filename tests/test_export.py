@@ -167,3 +167,20 @@ def test_mlflow_models_predict_imputes_a_csv(exported, logged_study, tmp_path):
 
     direct = impute_frame(load_model(exported), df)
     assert np.allclose(pred[list(df.columns)].to_numpy(), direct.to_numpy(), rtol=0, atol=1e-12)
+
+
+def test_zeros_can_be_treated_as_missing(exported, tmp_path):
+    from depmicro.analysis.pyfunc import impute_frame
+    from depmicro.core.checkpoint import load_model
+    from depmicro.core.data import normalize
+
+    _, df = _counts_with_gaps(tmp_path)
+    imp = load_model(exported)
+    keep = impute_frame(imp, df)
+    fill = impute_frame(imp, df, zeros_missing=True)
+    zeros = (df == 0).to_numpy()
+    assert zeros.any()
+    assert (keep.to_numpy()[zeros] == 0).all()          # observed zeros stay zero by default
+    assert (fill.to_numpy()[zeros] != 0).any()          # ... and are imputed when zeros mean "missing"
+    obs = df.notna().to_numpy() & ~zeros
+    assert np.allclose(fill.to_numpy()[obs], normalize(df.fillna(0).to_numpy())[obs])
