@@ -213,7 +213,7 @@ def _onehot(codes: np.ndarray, K: int, dev):
     return H
 
 
-def _block_rows(D: int, K: int, budget: int = 40_000_000) -> int:
+def _block_rows(D: int, K: int, budget: int = 16_000_000) -> int:
     return max(1, min(D, budget // max(1, D * K * K)))
 
 
@@ -228,7 +228,8 @@ def _joint_terms(Ha, Hb, D: int, K: int, correction: bool):
     for s in range(0, D, rows):
         e = min(D, s + rows)
         N = (Ha[:, s * K : e * K].T @ Hb).reshape(e - s, K, D, K)  # exact integer counts in float32 (n < 2^24)
-        out[s:e] = torch.xlogy(N, N).sum(dim=(1, 3), dtype=torch.float64)
+        N64 = N.to(torch.float64)  # MI is a small difference of large N log N sums
+        out[s:e] = torch.xlogy(N64, N64).sum(dim=(1, 3))
         if correction:
             occ[s:e] = (N > 0).sum(dim=(1, 3)).to(torch.float64)
     assert n < 2**24
@@ -378,6 +379,7 @@ def _atomic_savez(path: Path, arrays: dict) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache is shared by a study's trials
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -94,6 +94,7 @@ def write_synthetic(path: str | os.PathLike, **kwargs) -> Path:
     os.close(fd)
     try:
         adata.write_h5ad(tmp)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
