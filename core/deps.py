@@ -260,9 +260,10 @@ def mutual_information(Y: np.ndarray, bins: int = 4, *, correction: bool = True,
     import torch
 
     n, D = Y.shape
-    K = bins + 1
+    codes = bin_codes(Y, bins)
+    K = int(codes.max()) + 1  # bins actually used: sparse data needs fewer, and cost grows with K^2
     dev = _torch_device(device)
-    H = _onehot(bin_codes(Y, bins), K, dev)
+    H = _onehot(codes, K, dev)
     marg, kmarg = _marginal_terms(H, D, K)
     joint, occ = _joint_terms(H, H, D, K, correction)
     mi = _mi_from(joint, occ, marg, kmarg, n, correction)
