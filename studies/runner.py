@@ -17,8 +17,10 @@ Search mapping (why each):
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -360,7 +362,8 @@ def _execute(spec: StudySpec, exp: Path, tracking_uri: str, exp_id: str, parent:
             )
         log(f"[{spec.name}] {'resuming' if restore else 'running'} {total} trial(s), "
             f"{spec.max_concurrent_trials} at a time, {spec.resources.cpu:g} CPU / {spec.resources.gpu:g} GPU each")
-        grid = tuner.fit()
+        with contextlib.redirect_stdout(sys.stderr):  # Tune prints tables; stdout carries only the result (--json)
+            grid = tuner.fit()
         counts: dict[str, int] = {}
         for r in grid:
             st = "ERROR" if r.error else ("TERMINATED" if "test_pcc" in (r.metrics or {}) else "STOPPED")
