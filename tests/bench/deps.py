@@ -116,7 +116,7 @@ def main() -> None:
     ap.add_argument("--sets", nargs="+", default=["coad", "stad", "hnsc"])
     ap.add_argument("--f-pairs", type=int, default=200)
     ap.add_argument("--mi-pairs", type=int, default=100)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--permutations", type=int, default=100, help="also time an MI permutation test on the first set")
     ap.add_argument("--large-n", type=int, default=1000)
     ap.add_argument("--large-d", type=int, default=1695)
