@@ -112,7 +112,8 @@ def sweep_plot(sw: pd.DataFrame, param: str, metric: str, path: Path) -> Path | 
     for dataset, g in sw.groupby("dataset", sort=True):
         g = g.sort_values("value")
         x = g["value"].to_numpy(float) if numeric else np.arange(len(g))
-        ax.errorbar(x, g["mean"], yerr=g["std"].fillna(0), marker="o", capsize=3, label=dataset)
+        line = "-" if (g["n"] > 1).any() else ""  # one trial per value (a search): points, not a curve
+        ax.errorbar(x, g["mean"], yerr=g["std"].fillna(0), fmt=f"{line}o", capsize=3, label=dataset)
         if not numeric:
             ax.set_xticks(x, [str(v) for v in g["value"]])
     ax.set_xlabel(param)

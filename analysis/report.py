@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from depmicro.analysis import figures, importance, stats, tables
-from depmicro.analysis.runs import StudyRuns, load_study, per_microbe, results
+from depmicro.analysis.runs import StudyRuns, configs, load_study, per_microbe, results
 from depmicro.core.errors import DepmicroError
 from depmicro.core.manifest import atomic_write_text
 
@@ -51,16 +51,23 @@ def analyze(study_name: str, out: str | Path, tracking_uri: str | None = None, l
 
     summ = tables.summary(res)
     paths = tables.write_tables(summ, out)
+    cfgs = configs(study)
+    if len(cfgs):
+        atomic_write_text(out / "configs.csv", cfgs.to_csv(index=False))
     comp = stats.compare(res, metrics=tuple(m for m in ("pcc_per_microbe", "pcc", "rmse")))
     atomic_write_text(out / "comparisons.csv", comp.to_csv(index=False))
     paths["comparisons_csv"] = out / "comparisons.csv"
 
-    target = importance.DEFAULT_TARGET if importance.DEFAULT_TARGET in fin else "val_pcc_per_microbe"
-    imp = importance.param_importance(fin, study.varying, target=target)
+    ended = study.ended
+    target = importance.DEFAULT_TARGET if importance.DEFAULT_TARGET in ended else "val_pcc_per_microbe"
+    imp = importance.param_importance(ended, study.varying, target=target)
     atomic_write_text(out / "importance.csv", imp.to_csv(index=False))
     paths["importance_csv"] = out / "importance.csv"
-    sws = importance.sweeps(res_params[res_params["kind"] == "trial"])
-    for p, s in sws.items():
+    # the paper plots test metrics against a setting (Fig. 10); a search whose finished trials do not
+    # cover two values of a setting (ASHA stops most) falls back to the validation target of all ended trials
+    sws = {p: (s, "test_pcc_per_microbe") for p, s in importance.sweeps(res_params[res_params["kind"] == "trial"]).items()}
+    sws.update({p: (s, target) for p, s in importance.sweeps(ended, metric=target).items() if p not in sws})
+    for p, (s, _) in sws.items():
         atomic_write_text(out / f"sweep_{p}.csv", s.to_csv(index=False))
 
     figs: list[tuple[Path, str]] = []
@@ -72,14 +79,14 @@ def analyze(study_name: str, out: str | Path, tracking_uri: str | None = None, l
     if (f := figures.boxplots(res, pcc, out / "fig_pcc_boxplots.png")):
         figs.append((f, "Per-microbe test PCC by method (each point a microbe, averaged over seeds). Cf. paper Fig. 6."))
     if (f := figures.importance_bars(imp, out / "fig_importance.png")):
-        figs.append((f, f"fANOVA hyperparameter importance of {target} over finished trials, per dataset."))
-    for p, s in sws.items():
-        if (f := figures.sweep_plot(s, p, "test pcc_per_microbe", out / f"fig_sweep_{p}.png")):
-            cap = f"Test per-microbe PCC against {p} (mean ± std over trials)" + (" — cf. paper Fig. 10." if p == "ar_decay" else ".")
+        figs.append((f, f"fANOVA hyperparameter importance of {target} over finished and ASHA-stopped trials, per dataset."))
+    for p, (s, metric) in sws.items():
+        if (f := figures.sweep_plot(s, p, metric, out / f"fig_sweep_{p}.png")):
+            cap = f"{metric} against {p} (mean ± std over trials sharing the value)" + (" — cf. paper Fig. 10." if p == "ar_decay" else ".")
             figs.append((f, cap))
 
     report = out / "report.html"
-    atomic_write_text(report, _html(study, res, summ, comp, imp, figs, target))
+    atomic_write_text(report, _html(study, res, summ, comp, imp, figs, target, cfgs))
     paths["report"] = report
     logged = False
     if log_to_parent and study.parent is not None:
@@ -96,7 +103,7 @@ def analyze(study_name: str, out: str | Path, tracking_uri: str | None = None, l
 
 
 def _html(study: StudyRuns, res: pd.DataFrame, summ: pd.DataFrame, comp: pd.DataFrame, imp: pd.DataFrame,
-          figs: list[tuple[Path, str]], target: str) -> str:
+          figs: list[tuple[Path, str]], target: str, cfgs: pd.DataFrame) -> str:
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     status = study.trials["status"].value_counts().to_dict() if len(study.trials) else {}
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>depmicro study {h.escape(study.name)}</title>",
@@ -109,13 +116,16 @@ def _html(study: StudyRuns, res: pd.DataFrame, summ: pd.DataFrame, comp: pd.Data
              "<p class='muted'>mean ± sample std over held-out-mask seeds; best per dataset and metric in bold "
              "(higher is better for PCC/cos, lower for RMSE/MAE).</p>",
              tables.html(summ),
+             *(["<p class='muted'>search configurations (settings that differ between trials):</p>", _frame_html(cfgs)]
+               if len(cfgs) else []),
              "<h2>Paired comparisons over seeds</h2>",
              "<p class='muted'>each arm minus the reference on the same seeds: paired t-test, Wilcoxon signed-rank, "
              "Cohen's d<sub>z</sub>, 95 % t-interval of the mean difference, Holm-corrected t-test p (per metric). "
              "Arms with fewer than two shared seeds are left out here (comparisons.csv has them).</p>",
              _frame_html(comp[comp["n_pairs"] >= 2]),
              "<h2>Hyperparameter importance</h2>",
-             f"<p class='muted'>Optuna fANOVA on finished trials, target {h.escape(target)}.</p>",
+             f"<p class='muted'>Optuna fANOVA (normalized to sum 1) over trials that finished or were stopped early by ASHA, "
+             f"target {h.escape(target)}; needs at least {importance.MIN_TRIALS} such trials per dataset.</p>",
              _frame_html(imp),
              "<h2>Figures</h2>"]
     parts += [_img(p, c) for p, c in figs] or ["<p class='muted'>no figures (no per-microbe artifacts)</p>"]

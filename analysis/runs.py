@@ -43,6 +43,13 @@ class StudyRuns:
             return t.iloc[0:0]
         return t[(t["status"] == FINISHED) & t["test_pcc_per_microbe"].notna()]
 
+    @property
+    def ended(self) -> pd.DataFrame:
+        """Finished plus ASHA-stopped trials: each has a real validation score for the settings it
+        tried, which is what hyperparameter importance needs (failed trials have none)."""
+        t = self.trials
+        return t[t["status"].isin([FINISHED, "STOPPED"])] if len(t) else t
+
 
 def experiment_name(study: str) -> str:
     return f"depmicro-{study}"
@@ -96,6 +103,7 @@ def _tidy(raw: pd.DataFrame) -> pd.DataFrame:
         "git_commit": tag("git_commit"),
         "parent_run_id": raw.get("tags.mlflow.parentRunId"),
         "artifact_uri": raw["artifact_uri"],
+        "start_time": raw["start_time"],
     })
     metrics = raw[[c for c in raw.columns if c.startswith("metrics.")]].rename(columns=lambda c: c[len("metrics."):])
     return pd.concat([base, metrics, _typed_params(raw)], axis=1)
@@ -107,20 +115,34 @@ def _short(v) -> str:
 
 
 def _label_trials(trials: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """Give every trial the row label of the tables: its ablation arm, or for a search the values
-    of the settings that differ between trials (trials of one config at several seeds share it)."""
+    """Give every trial the row label of the tables: its ablation arm, or for a search `config N`
+    (numbered by first start), where trials of one config at several seeds share the label.
+    `settings` spells out the values of the settings that differ between trials."""
     pcols = [c for c in trials.columns if c.startswith("param.") and c != "param.seed"]
-    done = trials[trials["status"] == FINISHED] if (trials.get("status") == FINISHED).any() else trials
-    varying = [c[len("param."):] for c in pcols if done[c].dropna().astype(str).nunique() > 1]
-    def label(row: pd.Series) -> str:
-        v = row["variant"]
-        if isinstance(v, str) and v and v != "search":
-            return v
-        parts = [f"{p}={_short(row[f'param.{p}'])}" for p in varying]
-        return ", ".join(parts) if parts else "DepMicroDiff"
+    done = trials[trials["status"].isin([FINISHED, "STOPPED"])] if len(trials) else trials
+    varying = sorted(c[len("param."):] for c in pcols if done[c].dropna().astype(str).nunique() > 1)
     trials = trials.copy()
-    trials["label"] = trials.apply(label, axis=1) if len(trials) else pd.Series(dtype=str)
+    if not len(trials):
+        trials["label"], trials["settings"] = pd.Series(dtype=str), pd.Series(dtype=str)
+        return trials, varying
+    trials["settings"] = trials.apply(lambda r: ", ".join(f"{p}={_short(r[f'param.{p}'])}" for p in varying), axis=1)
+    search = trials["variant"].isna() | trials["variant"].isin(["", "search"])
+    rank = trials.assign(_failed=~trials["status"].isin([FINISHED, "STOPPED"]))[search]
+    order = rank.sort_values(["_failed", "start_time"]).drop_duplicates("settings")["settings"]
+    number = {cfg: f"config {i + 1}" for i, cfg in enumerate(order)}
+    trials["label"] = trials["variant"].where(~search, trials["settings"].map(number))
+    if search.all() and len(number) == 1:
+        trials["label"] = "DepMicroDiff"
     return trials, varying
+
+
+def configs(study: "StudyRuns") -> pd.DataFrame:
+    """Label -> settings of a search study's configs (empty for ablations, whose labels say it all)."""
+    t = study.trials
+    if t.empty or not t["label"].str.startswith("config ").any():
+        return pd.DataFrame(columns=["label", "settings", "n_trials"])
+    g = t[t["label"].str.startswith("config ")].groupby(["label", "settings"]).size().reset_index(name="n_trials")
+    return g.assign(k=g["label"].str.split().str[1].astype(int)).sort_values("k").drop(columns="k").reset_index(drop=True)
 
 
 def load_study(name: str, tracking_uri: str | None = None) -> StudyRuns:

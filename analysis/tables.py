@@ -61,6 +61,7 @@ def wide(summ: pd.DataFrame) -> pd.DataFrame:
 def cell(mean: float, std: float, digits: int = 3) -> str:
     if mean != mean:
         return "–"
+    mean = round(mean, digits) + 0.0  # no "-0.000"
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if std == std else f"{mean:.{digits}f} ± –"
 
 

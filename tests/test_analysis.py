@@ -198,14 +198,16 @@ def test_search_trials_are_grouped_by_config_across_seeds():
     from depmicro.analysis.runs import _label_trials
 
     t = pd.DataFrame({"variant": ["search"] * 4, "status": ["TERMINATED"] * 4, "kind": ["trial"] * 4,
+                      "start_time": pd.to_datetime([4, 3, 2, 1], unit="s"),
                       "dataset": ["d"] * 4, "param.lr": [0.00123456, 0.00123456, 5e-4, 5e-4],
                       "param.n_layers": [1, 1, 2, 2], "param.seed": [0, 1, 2, 3], "param.epochs": [2] * 4,
                       "seed": [0, 1, 0, 1], **{f"test_{m}": [0.1, 0.3, 0.5, 0.9] for m in ("pcc_per_microbe", "pcc", "cos", "rmse", "mae")}})
     labeled, varying = _label_trials(t)
     assert varying == ["lr", "n_layers"]
-    assert list(labeled["label"]) == ["lr=0.001235, n_layers=1"] * 2 + ["lr=0.0005, n_layers=2"] * 2
+    assert list(labeled["settings"]) == ["lr=0.001235, n_layers=1"] * 2 + ["lr=0.0005, n_layers=2"] * 2
+    assert list(labeled["label"]) == ["config 2"] * 2 + ["config 1"] * 2  # numbered by first start
     summ = tables.summary(labeled)
-    row = summ[(summ["label"] == "lr=0.0005, n_layers=2") & (summ["metric"] == "pcc")].iloc[0]
+    row = summ[(summ["label"] == "config 1") & (summ["metric"] == "pcc")].iloc[0]
     assert (row["mean"], row["n"]) == (pytest.approx(0.7), 2) and row["std"] == pytest.approx(np.std([0.5, 0.9], ddof=1))
 
 
