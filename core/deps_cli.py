@@ -55,6 +55,8 @@ def _cmd_deps(args: argparse.Namespace) -> dict:
         raise DepmicroError(f"{out}: is a directory, expected an .npz file path")
     if not out.parent.exists():
         raise DepmicroError(f"{out.parent}: output directory does not exist")
+    if args.plot and Path(args.plot).exists() and not Path(args.plot).is_dir():
+        raise DepmicroError(f"{args.plot}: exists and is not a directory (--plot takes a directory)")
     ds = load_dataset(args.path, metadata=args.metadata, orientation=args.orientation)
     order = order_from_metadata(ds.metadata, args.order_by) if args.order_by else None
     settings = DepSettings(lag=args.lag, order_by=args.order_by, n_permutations=args.permutations, seed=args.seed,

@@ -338,10 +338,12 @@ def test_cli_writes_matrices_counts_and_plots(tmp_path, capsys):
     (["--mi-alpha", "0.05"], "permutations"),
     (["--permutations", "-3"], "permutations"),
     (["--lag", "0"], "lag"),
+    (["--plot", "__FILE__"], "not a directory"),
 ])
 def test_cli_bad_input_is_one_line(tmp_path, capsys, args, message):
     data = write_synthetic(tmp_path / "syn.h5ad", n_samples=40, seed=0)
     out = tmp_path / "deps.npz"
+    args = [str(data) if a == "__FILE__" else a for a in args]
     try:
         code = main(["deps", str(data), "--out", str(out), *args])
     except SystemExit as exc:  # argparse rejects a bad value before the handler runs
