@@ -87,6 +87,8 @@ class DepSettings:
             raise DepmicroError(f"number of permutations must be >= 0, not {self.n_permutations!r}")
         if not isinstance(self.mi_bins, numbers.Integral) or self.mi_bins < 1:
             raise DepmicroError(f"mi_bins must be a positive integer, not {self.mi_bins!r}")
+        for name in ("lag", "n_permutations", "seed", "mi_bins"):  # plain ints: numpy ints break the JSON cache key
+            object.__setattr__(self, name, int(getattr(self, name)))
 
 
 @dataclass

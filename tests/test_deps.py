@@ -268,6 +268,7 @@ def test_cache_computes_once_and_survives_corruption(tmp_path, monkeypatch, synt
     monkeypatch.setattr(deps, "compute_dep_stats", lambda *a, **k: calls.append(1) or real(*a, **k))
     again = cached_dep_stats(Y, cache_dir=tmp_path)
     assert calls == [] and np.array_equal(again.f_stat, first.f_stat) and again.var_names == first.var_names
+    assert cache_key(Y, DepSettings(lag=np.int64(1))) == cache_key(Y)
     cached_dep_stats(Y, DepSettings(mi_bins=4), cache_dir=tmp_path)  # settings are in the key
     assert calls == [1] and len(list(tmp_path.glob("deps-*.npz"))) == 2
     files[0].write_bytes(b"not an npz")
