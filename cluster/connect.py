@@ -33,7 +33,10 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
     try:
         ray.init(**kwargs)
     except ConnectionError as exc:
-        raise DepmicroError(f"cannot reach a Ray cluster at {address}: {str(exc).splitlines()[0]}") from None
+        hint = ""
+        if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+            hint = " (a cluster with token authentication also needs RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH)"
+        raise DepmicroError(f"cannot reach a Ray cluster at {address}: {str(exc).splitlines()[0]}{hint}") from None
     except Exception as exc:  # noqa: BLE001 - Ray raises RuntimeError/AuthenticationError/ValueError alike
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         hint = ""

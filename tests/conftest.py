@@ -82,6 +82,19 @@ class Driver:
         kill_process_group(self.pgid)
 
 
+def _alive_in_group(pgid: int) -> bool:
+    """Zombies count as gone: their parent died with the group and nobody may reap them here."""
+    import psutil
+
+    for p in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return False
+
+
 def kill_process_group(pgid: int, grace: float = 5.0) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
@@ -89,12 +102,10 @@ def kill_process_group(pgid: int, grace: float = 5.0) -> None:
         except ProcessLookupError:
             return
         t0 = time.time()
-        while time.time() - t0 < grace:
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
-                return
+        while time.time() - t0 < grace and _alive_in_group(pgid):
             time.sleep(0.2)
+        if not _alive_in_group(pgid):
+            return
 
 
 def study_args(directory: Path) -> tuple[str, Path]:
