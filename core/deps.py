@@ -298,6 +298,8 @@ def compute_dep_stats(Y: np.ndarray, settings: DepSettings = DepSettings(), *, o
     `order` (a permutation of the samples) sets the sample order for the lag; without it and with
     `settings.order_by`, the order comes from that column of `metadata`.
     """
+    import torch  # noqa: F401  (imported before the clock starts: `seconds` is compute time)
+
     t0 = time.perf_counter()
     if order is None and settings.order_by is not None:
         order = order_from_metadata(metadata, settings.order_by)
