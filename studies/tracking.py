@@ -53,8 +53,11 @@ def git_commit() -> str:
 
 
 def client_for(tracking_uri: str):
+    import logging
+
     from mlflow.tracking import MlflowClient
 
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # schema set-up chatter is not progress
     return MlflowClient(tracking_uri=tracking_uri)
 
 
@@ -319,6 +322,8 @@ def study_status(study: str, tracking_uri: str) -> dict:
     """The study as MLflow records it: parent run state, every trial run, baselines."""
     from depmicro.core.config import config_from_dict, config_to_dict
 
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
+        raise DepmicroError(f"no study {study!r}: no MLflow database at {tracking_uri} (run it, or pass --tracking-uri)")
     client = client_for(tracking_uri)
     exp = client.get_experiment_by_name(experiment_name(study))
     if exp is None:
