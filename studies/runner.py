@@ -37,8 +37,15 @@ def default_storage() -> Path:
     return Path(DEFAULT_STORAGE).resolve()
 
 
+def storage_root(storage: str | os.PathLike | None) -> Path:
+    if storage and "://" in str(storage):
+        raise DepmicroError(f"--storage {storage}: cloud URIs are not supported yet; use a directory "
+                            "(on a cluster: a shared file system mounted at the same path on every node)")
+    return Path(storage).resolve() if storage else default_storage()
+
+
 def experiment_dir(name: str, storage: str | os.PathLike | None) -> Path:
-    return (Path(storage).resolve() if storage else default_storage()) / name
+    return storage_root(storage) / name
 
 
 # --- data, built once on the driver -----------------------------------------------------------
@@ -291,7 +298,7 @@ def run_study(path: str | os.PathLike, address: str | None = None, tracking_uri:
     log = log or tracking.print_line
     spec = load_spec(path)  # before anything starts: a bad file costs a second
     tracking_uri = tracking_uri or tracking.default_tracking_uri()
-    storage = Path(storage).resolve() if storage else default_storage()
+    storage = storage_root(storage)
     exp = storage / spec.name
     if tune.Tuner.can_restore(str(exp)):
         raise DepmicroError(f"study {spec.name!r} already exists in {storage}; continue it with "
