@@ -25,6 +25,7 @@ class ModelConfig:
     vae_epochs: int = 60           # epochs per VAE phase (pretraining, then fine-tuning on the target)
     vae_lr: float = 2e-3
     freeze_vae: bool = True        # keep the VAE fixed while the DAT learns (latent diffusion practice)
+    residual_diffusion: bool = True  # diffuse clean latent minus the encoder's m-latent (CARD-style prior mean)
     # --- DAT ---
     hidden_dim: int = 64
     n_layers: int = 2

@@ -72,11 +72,12 @@ class DAT(nn.Module):
         self.kind = nn.Parameter(torch.randn(2, H) * 0.02)  # clean, noisy
         self.clean_in = nn.Linear(k, H)
         self.noisy_in = nn.Linear(k, H)
+        self.hint_in = nn.Linear(k, H)  # the encoder's latent of the masked profile at this microbe (the m-latent)
         self.value_in = nn.Linear(2, H)
         self.time_mlp = nn.Sequential(nn.Linear(H, H), nn.SiLU(), nn.Linear(H, H))
         self.meta_proj = nn.Linear(meta_dim, H) if meta_dim > 0 else None
         self.null_meta = nn.Parameter(torch.randn(H) * 0.02)
-        n_extra = 2 if residual_condition else 0
+        n_extra = 3 if residual_condition else 0
         self.obs_summary = nn.Sequential(nn.Linear(D * (k + 1) + n_extra, H), nn.SiLU(), nn.Linear(H, H))
         self.blocks = nn.ModuleList(Block(H, heads, mlp_ratio, dropout) for _ in range(layers))
         self.ln_out = nn.LayerNorm(H)
@@ -113,18 +114,23 @@ class DAT(nn.Module):
         return val, cache
 
     def denoise(self, val: torch.Tensor, cache: list, z_noisy: torch.Tensor, t: torch.Tensor, noisy_idx: torch.Tensor,
-                allow_noisy: torch.Tensor) -> torch.Tensor:
-        """Epsilon (B, S, k) for the noisy tokens of microbes `noisy_idx` against a cached context."""
+                allow_noisy: torch.Tensor, hint: torch.Tensor) -> torch.Tensor:
+        """Epsilon (B, S, k) for the noisy tokens of microbes `noisy_idx` against a cached context.
+
+        `hint` (B, S, k) is the VAE encoder's latent of the masked profile at each noisy token's
+        microbe: the m-latent that Section IV-a names the initial input of the diffusion.
+        """
         gi = noisy_idx[..., None].expand(-1, -1, self.H)
         temb = self.time_mlp(timestep_embedding(t, self.H))
-        x = self.noisy_in(z_noisy) + self.pos[noisy_idx] + self.kind[1] + torch.gather(val, 1, gi) + temb
+        x = (self.noisy_in(z_noisy) + self.hint_in(hint) + self.pos[noisy_idx] + self.kind[1]
+             + torch.gather(val, 1, gi) + temb)
         for blk, (k, v) in zip(self.blocks, cache):
             x = blk.noisy(x, k, v, allow_noisy)
         return self.out(self.ln_out(x))
 
     def forward(self, z_clean: torch.Tensor, z_noisy: torch.Tensor, t: torch.Tensor, x_obs: torch.Tensor,
                 flag: torch.Tensor, step: torch.Tensor, cond: torch.Tensor, dep: torch.Tensor | None, mode: str,
-                noisy_idx: torch.Tensor, noisy_valid: torch.Tensor) -> torch.Tensor:
+                noisy_idx: torch.Tensor, noisy_valid: torch.Tensor, hint: torch.Tensor) -> torch.Tensor:
         """Predict epsilon (B, S, k) for the noisy tokens of microbes `noisy_idx` (B, S).
 
         The sequence is [cond][D clean][S noisy] under `step_attention`; only target microbes need
@@ -135,7 +141,7 @@ class DAT(nn.Module):
         allow = step_attention(step, N_COND, dep, mode, noisy_idx, noisy_valid)
         n_ctx = N_COND + self.D
         val, cache = self.encode_context(z_clean, x_obs, flag, cond, allow[:, :, :n_ctx, :n_ctx])
-        return self.denoise(val, cache, z_noisy, t, noisy_idx, allow[:, :, n_ctx:, :])
+        return self.denoise(val, cache, z_noisy, t, noisy_idx, allow[:, :, n_ctx:, :], hint)
 
 
 def residual_features(Y: torch.Tensor, flag: torch.Tensor) -> torch.Tensor:
@@ -144,6 +150,9 @@ def residual_features(Y: torch.Tensor, flag: torch.Tensor) -> torch.Tensor:
     Each nonempty normalized row satisfies sum(10^Y - 1) = 100, so this is the total percentage held
     by the missing entries: legitimate under the protocol, but an artifact of it (see ModelConfig).
     """
-    rel = (torch.pow(10.0, Y * flag.float()) - 1).sum(-1)
+    f = flag.float()
+    rel = (torch.pow(10.0, Y * f) - 1).sum(-1)
     res = (100.0 - rel).clamp(0, 100) / 100.0
-    return torch.stack([res, torch.log10(1 + 100 * res) / 2], dim=-1)
+    n_missing = (1 - f).sum(-1).clamp(min=1)
+    even = torch.log10(1 + 100 * res / n_missing) / 2  # the value each missing entry would have if they shared it evenly
+    return torch.stack([res, torch.log10(1 + 100 * res) / 2, even], dim=-1)

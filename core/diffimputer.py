@@ -98,10 +98,15 @@ class DepMicroDiffImputer:
             mu, _ = self.vae.encode(y, m)
             mus.append(mu[m].cpu())
         mu = torch.cat(mus).numpy()
+        # one scale for all dimensions: per-dimension scaling would blow up the near-constant
+        # dimensions the decoder ignores and make the diffusion spend its capacity on them
         self.latent_mean = mu.mean(0).astype(np.float32)
-        self.latent_std = np.maximum(mu.std(0), 1e-3).astype(np.float32)
+        self.latent_std = np.full(mu.shape[1], max(float((mu - mu.mean(0)).std()), 1e-3), dtype=np.float32)
         zn = (mu - self.latent_mean) / self.latent_std
         self.latent_lo, self.latent_hi = zn.min(0).astype(np.float32), zn.max(0).astype(np.float32)
+        if self.cfg.residual_diffusion:  # the diffused quantity is a difference of two such latents
+            span = self.latent_hi - self.latent_lo
+            self.latent_lo, self.latent_hi = -span, span
 
     def _condition(self, y, cond_flag, meta, has):
         with torch.no_grad():  # the VAE is trained first and stays frozen while the DAT learns
@@ -131,11 +136,12 @@ class DepMicroDiffImputer:
         t_step = torch.as_tensor(rng.integers(0, cfg.timesteps, size=(y.shape[0], self.D + 1)), device=dev)
         t = torch.gather(t_step, 1, torch.gather(step, 1, idx))  # each AR step its own timestep
         gi = idx[..., None].expand(-1, -1, z0.shape[-1])
-        x0 = torch.gather(z0, 1, gi)
+        hint = torch.gather(z_c, 1, gi)
+        x0 = torch.gather(z0, 1, gi) - (hint if cfg.residual_diffusion else 0.0)
         noise = torch.randn_like(x0)
         z_noisy = self.diffusion.q_sample(x0, t, noise)
         z_clean = z_c * cond.float()[..., None] + z0 * target.float()[..., None]  # earlier steps' targets seen clean
-        eps = self.dat(z_clean, z_noisy, t, y, cond, step, cond_tok, self._dep_tensor(), cfg.dep_mask_mode, idx, valid)
+        eps = self.dat(z_clean, z_noisy, t, y, cond, step, cond_tok, self._dep_tensor(), cfg.dep_mask_mode, idx, valid, hint)
         per_tok = ((eps.float() - noise) ** 2).mean(-1)
         vf = valid.float()
         return (per_tok * vf).sum() / vf.sum().clamp(min=1)
@@ -163,15 +169,18 @@ class DepMicroDiffImputer:
             n_ctx = N_COND + self.D
             val, cache = self.dat.encode_context(z_clean, y, obs, cond_tok, allow[:, :, :n_ctx, :n_ctx])
             allow_noisy = allow[:, :, n_ctx:, :]
+            gi = idx[..., None].expand(-1, -1, z_c.shape[-1])
+            hint = torch.gather(z_c, 1, gi)
             clip = (torch.as_tensor(self.latent_lo, device=dev), torch.as_tensor(self.latent_hi, device=dev))
             ts = schedule_for(cfg.sampling, cfg.timesteps, cfg.sampling_fraction, k - 1, K)
             for i, t in enumerate(ts):
                 t_prev = ts[i + 1] if i + 1 < len(ts) else -1
                 t_tok = torch.full(idx.shape, t, device=dev, dtype=torch.long)
-                eps = self.dat.denoise(val, cache, x, t_tok, idx, allow_noisy).float()
+                eps = self.dat.denoise(val, cache, x, t_tok, idx, allow_noisy, hint).float()
                 noise = torch.randn(x.shape, generator=gen).to(dev) if cfg.sampler_eta > 0 and t_prev >= 0 else None
                 x = self.diffusion.step(x, eps, t, t_prev, cfg.sampler_eta, noise, clip)
-            gi = idx[..., None].expand(-1, -1, x.shape[-1])
+            if cfg.residual_diffusion:
+                x = x + hint
             upd = torch.zeros_like(z_gen).scatter_add(1, gi, x * valid.float()[..., None])  # padding adds 0
             z_gen = z_gen + upd
         return self.vae.decode(self._denorm(z_gen)).clamp(min=0)

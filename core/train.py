@@ -148,7 +148,7 @@ class _Trainer:
         if progress:
             from tqdm.auto import tqdm
 
-            batches = tqdm(batches, leave=False, desc="batches")
+            batches = tqdm(batches, leave=False, desc="batches", file=__import__("sys").stderr)
         total, n = 0.0, 0
         for idx in batches:
             y = torch.as_tensor(self.Y[idx], device=dev)
@@ -275,9 +275,11 @@ def fit(cfg: ModelConfig, data: Dataset, split: Split, *, pretrain: Sequence[Dat
         history.append(rec)
         ep, b, h, s = epoch, dict(best), list(history), stale
         report = EpochReport(epoch, loss, val, rec["seconds"], lambda d, ep=ep, b=b, h=h, s=s: _save_checkpoint(trainer, d, ep, b, h, s))
-        if progress:
+        if progress:  # stderr, so stdout stays clean for --json
+            import sys
+
             shown = f" val {cfg.val_metric}={val[cfg.val_metric]:.4f}" if val else ""
-            print(f"epoch {epoch}/{cfg.epochs} loss={loss:.4f}{shown} ({rec['seconds']:.1f}s)", flush=True)
+            print(f"epoch {epoch}/{cfg.epochs} loss={loss:.4f}{shown} ({rec['seconds']:.1f}s)", file=sys.stderr, flush=True)
         if on_epoch is not None and on_epoch(report):
             break
         if cfg.patience and stale >= cfg.patience:

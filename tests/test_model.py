@@ -135,9 +135,11 @@ def test_ar_causality():
     cond = torch.randn(B, 2, imp.cfg.hidden_dim, generator=g)
     dep = imp._dep_tensor()
 
+    hint = torch.randn(*idx.shape, k, generator=g)
+
     def run(zc, zn, tt):
         with torch.no_grad():
-            return imp.dat(zc, zn, tt, y, flag, step, cond, dep, "restrict", idx, valid)
+            return imp.dat(zc, zn, tt, y, flag, step, cond, dep, "restrict", idx, valid, hint)
 
     base = run(z_clean, z_noisy, t)
     s_of = torch.gather(step, 1, idx)  # step of each noisy token
