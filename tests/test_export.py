@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from depmicro.core.cli import main
+from depmicro.core.cli import build_parser, main
 from depmicro.core.errors import DepmicroError
 from depmicro.core.manifest import sha256_file
 from tests.mlflow_study import BEST_VAL, PPM, STUDY, counts_table, logged_study, other_metrics, tiny_model  # noqa: F401
@@ -184,3 +184,20 @@ def test_zeros_can_be_treated_as_missing(exported, tmp_path):
     assert (fill.to_numpy()[zeros] != 0).any()          # ... and are imputed when zeros mean "missing"
     obs = df.notna().to_numpy() & ~zeros
     assert np.allclose(fill.to_numpy()[obs], normalize(df.fillna(0).to_numpy())[obs])
+
+
+def test_model_cli_imputes_the_bundle_like_the_pyfunc_model(exported, tmp_path, capsys):
+    """`depmicro impute` (core) and the registry's pyfunc model agree on an exported bundle."""
+    from depmicro.analysis.pyfunc import impute_frame
+    from depmicro.core.checkpoint import load_model
+
+    if "impute" not in build_parser()._subparsers._group_actions[0].choices:
+        pytest.skip("`depmicro impute` not registered (core model CLI)")
+    path, df = _counts_with_gaps(tmp_path)
+    out = tmp_path / "imputed.csv"
+    assert main(["impute", "--model", str(exported), "--data", str(path), "--out", str(out)]) == 0
+    capsys.readouterr()
+    cli = pd.read_csv(out, index_col=0)
+    direct = impute_frame(load_model(exported), df)
+    assert list(cli.columns) == list(direct.columns)
+    assert np.allclose(cli.to_numpy(), direct.to_numpy(), rtol=0, atol=1e-12)
