@@ -64,10 +64,16 @@ def param_importance(trials: pd.DataFrame, params: list[str], target: str = DEFA
 
 
 def sweep(results: pd.DataFrame, param: str, metric: str = "test_pcc_per_microbe") -> pd.DataFrame:
-    """Metric against one setting: rows (dataset, value, mean, std, n) over trials sharing the value."""
+    """Metric against one setting: rows (dataset, value, mean, std, n) over trials sharing the value.
+    In an ablation study only the arms labelled `<param>=...` count, so other arms (left at the base
+    value of `param`) do not pile onto one point."""
     col = f"param.{param}"
     if results.empty or col not in results or metric not in results:
         return pd.DataFrame(columns=["dataset", "value", "mean", "std", "n"])
+    if "label" in results:  # one-factor ablation: only the arms that set this factor (others sit at its base value)
+        own = results["label"].astype(str).str.startswith(f"{param}=")
+        if own.any():
+            results = results[own]
     r = results[[col, "dataset", metric]].dropna()
     rows = []
     for (dataset, value), g in r.groupby(["dataset", col], sort=True):

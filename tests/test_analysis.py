@@ -216,3 +216,15 @@ def test_missing_tracking_database_is_not_created(tmp_path, capsys):
     code = main(["analyze", STUDY, "--tracking-uri", f"sqlite:///{db}", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "no MLflow database" in err and not db.exists()
+
+
+def test_ablation_sweep_uses_only_the_arms_of_that_factor():
+    from depmicro.analysis.importance import sweep
+
+    rows = []
+    for label, decay, vals in (("ar_decay=0.5", 0.5, [0.1, 0.2]), ("ar_decay=0.9", 0.9, [0.5, 0.7]),
+                               ("dep_mask_mode=off", 0.9, [0.0, 0.0])):
+        rows += [{"label": label, "dataset": "d", "param.ar_decay": decay, "test_pcc_per_microbe": v} for v in vals]
+    sw = sweep(pd.DataFrame(rows), "ar_decay").set_index("value")
+    assert sw.loc[0.9, "mean"] == pytest.approx(0.6) and sw.loc[0.9, "n"] == 2
+    assert sw.loc[0.5, "std"] == pytest.approx(np.std([0.1, 0.2], ddof=1))
