@@ -10,7 +10,8 @@ from depmicro.core.cli import add_command
 def _cmd_analyze(args: argparse.Namespace) -> dict:
     from depmicro.analysis.report import analyze
 
-    return analyze(args.study, args.out, tracking_uri=args.tracking_uri, log_to_parent=not args.no_log)
+    return analyze(args.study, args.out, tracking_uri=args.tracking_uri, log_to_parent=not args.no_log,
+                   reference=args.reference)
 
 
 def _cmd_export(args: argparse.Namespace) -> dict:
@@ -25,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("study", help="study name (its MLflow experiment is depmicro-STUDY)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///mlflow.db)")
     p.add_argument("--out", required=True, help="output directory for tables, figures and report.html")
+    p.add_argument("--reference", default=None, help="arm the paired tests compare against (default: the arm "
+                   "repeating the base config, else the best one)")
     p.add_argument("--no-log", action="store_true", help="do not attach report.html to the study's parent run")
 
     p = add_command(sub, "export", _cmd_export, "write the best trial of a study as a verified model bundle")

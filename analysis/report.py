@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from depmicro.analysis import figures, importance, stats, tables
-from depmicro.analysis.runs import StudyRuns, configs, load_study, per_microbe, results
+from depmicro.analysis.runs import StudyRuns, base_arms, configs, load_study, per_microbe, results
 from depmicro.core.errors import DepmicroError
 from depmicro.core.manifest import atomic_write_text
 
@@ -36,8 +36,12 @@ def _frame_html(df: pd.DataFrame, floats: str = "{:.4g}") -> str:
     return df.to_html(index=False, float_format=lambda x: floats.format(x), na_rep="–", border=0, escape=True)
 
 
-def analyze(study_name: str, out: str | Path, tracking_uri: str | None = None, log_to_parent: bool = True) -> dict:
-    """Write the review of a study into `out`; returns the paths and the headline numbers."""
+def analyze(study_name: str, out: str | Path, tracking_uri: str | None = None, log_to_parent: bool = True,
+            reference: str | None = None) -> dict:
+    """Write the review of a study into `out`; returns the paths and the headline numbers.
+
+    Paired tests compare every arm with `reference`: by default the arm repeating the base config
+    (an ablation study's full model), else the arm with the best mean per-microbe PCC."""
     t0 = time.perf_counter()
     study = load_study(study_name, tracking_uri)
     out = Path(out)
@@ -54,7 +58,11 @@ def analyze(study_name: str, out: str | Path, tracking_uri: str | None = None, l
     cfgs = configs(study)
     if len(cfgs):
         atomic_write_text(out / "configs.csv", cfgs.to_csv(index=False))
-    comp = stats.compare(res, metrics=tuple(m for m in ("pcc_per_microbe", "pcc", "rmse")))
+    labels = set(res["label"])
+    if reference is not None and reference not in labels:
+        raise DepmicroError(f"no arm {reference!r} in study {study_name!r} (arms: {', '.join(sorted(labels))})")
+    reference = reference or next((a for a in base_arms(study) if a in labels), None) or stats.reference_label(res)
+    comp = stats.compare(res, metrics=("pcc_per_microbe", "pcc", "rmse"), reference=reference)
     atomic_write_text(out / "comparisons.csv", comp.to_csv(index=False))
     paths["comparisons_csv"] = out / "comparisons.csv"
 
@@ -96,7 +104,7 @@ def analyze(study_name: str, out: str | Path, tracking_uri: str | None = None, l
         logged = True
     return {
         "study": study_name, "out": str(out), "n_trials": int(len(study.trials)), "n_finished": int(len(fin)),
-        "n_baseline_runs": int(len(study.baselines)), "reference": best,
+        "n_baseline_runs": int(len(study.baselines)), "reference": reference, "best": best,
         "files": sorted(p.name for p in out.iterdir() if not p.name.startswith(".")),
         "n_figures": len(figs), "logged_to_parent": logged, "seconds": round(time.perf_counter() - t0, 2),
     }

@@ -51,6 +51,23 @@ class StudyRuns:
         return t[t["status"].isin([FINISHED, "STOPPED"])] if len(t) else t
 
 
+def base_arms(study: StudyRuns) -> list[str]:
+    """Ablation arms that repeat the study's base configuration (e.g. `ar_decay=0.9` when the base
+    has ar_decay 0.9): the full model the other arms are ablations of. Read from the flattened
+    spec on the parent run (`base_config.<field>` params)."""
+    if study.parent is None or study.trials.empty:
+        return []
+    out = []
+    for label in sorted(study.trials["label"].dropna().unique()):
+        if "=" not in label:
+            continue
+        key, value = label.split("=", 1)
+        base = study.parent.get(f"param.base_config.{key}")
+        if isinstance(base, str) and (base.lower() if base in ("True", "False") else base) == value:
+            out.append(label)
+    return out
+
+
 def experiment_name(study: str) -> str:
     return f"depmicro-{study}"
 

@@ -228,3 +228,26 @@ def test_ablation_sweep_uses_only_the_arms_of_that_factor():
     sw = sweep(pd.DataFrame(rows), "ar_decay").set_index("value")
     assert sw.loc[0.9, "mean"] == pytest.approx(0.6) and sw.loc[0.9, "n"] == 2
     assert sw.loc[0.5, "std"] == pytest.approx(np.std([0.1, 0.2], ddof=1))
+
+
+def test_reference_is_the_arm_repeating_the_base_config(logged_study, tmp_path, capsys):
+    from depmicro.analysis.runs import StudyRuns, base_arms
+
+    parent = pd.Series({"param.base_config.ar_decay": "0.9", "param.base_config.vae_pretrain": "True",
+                        "param.base_config.dep_mask_mode": "restrict"})
+    trials = pd.DataFrame({"label": ["ar_decay=0.7", "ar_decay=0.9", "vae_pretrain=false", "vae_pretrain=true",
+                                     "dep_mask_mode=off"]})
+    s = StudyRuns("s", "uri", "1", parent, trials, pd.DataFrame())
+    assert base_arms(s) == ["ar_decay=0.9", "vae_pretrain=true"]
+    # an explicit reference; an unknown one is one line
+    out = tmp_path / "o"
+    assert main(["analyze", STUDY, "--tracking-uri", logged_study["tracking_uri"], "--out", str(out),
+                 "--reference", "ar_decay=0.5", "--no-log"]) == 0
+    comp = pd.read_csv(out / "comparisons.csv")
+    assert set(comp["reference"]) == {"ar_decay=0.5"}
+    r = comp[(comp["dataset"] == "alpha") & (comp["label"] == REFERENCE) & (comp["metric"] == "pcc_per_microbe")].iloc[0]
+    assert r["mean_diff"] == pytest.approx(np.mean(PPM[(REFERENCE, "alpha")]) - np.mean(PPM[("ar_decay=0.5", "alpha")]))
+    capsys.readouterr()
+    code = main(["analyze", STUDY, "--tracking-uri", logged_study["tracking_uri"], "--out", str(out), "--reference", "x=1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "no arm 'x=1'" in err
