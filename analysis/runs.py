@@ -55,15 +55,22 @@ def base_arms(study: StudyRuns) -> list[str]:
     """Ablation arms that repeat the study's base configuration (e.g. `ar_decay=0.9` when the base
     has ar_decay 0.9): the full model the other arms are ablations of. Read from the flattened
     spec on the parent run (`base_config.<field>` params)."""
+    from depmicro.core.config import ModelConfig, config_to_dict
+
     if study.parent is None or study.trials.empty:
         return []
+    defaults = config_to_dict(ModelConfig())
     out = []
     for label in sorted(study.trials["label"].dropna().unique()):
         if "=" not in label:
             continue
         key, value = label.split("=", 1)
         base = study.parent.get(f"param.base_config.{key}")
-        if isinstance(base, str) and (base.lower() if base in ("True", "False") else base) == value:
+        if not isinstance(base, str):  # not set in the study's base config: the ModelConfig default
+            if key not in defaults:
+                continue
+            base = str(defaults[key])
+        if (base.lower() if base in ("True", "False") else base) == value:
             out.append(label)
     return out
 
