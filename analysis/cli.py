@@ -18,7 +18,7 @@ def _cmd_export(args: argparse.Namespace) -> dict:
     from depmicro.analysis.export import export
 
     return export(args.study, args.out, tracking_uri=args.tracking_uri, metric=args.metric, mode=args.mode,
-                  register=args.register)
+                  register=args.register, dataset=args.dataset)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,5 +35,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///mlflow.db)")
     p.add_argument("--metric", default="best_val_pcc_per_microbe", help="run metric to select by (a validation metric)")
     p.add_argument("--mode", default="max", choices=["max", "min"], help="whether larger or smaller is better")
+    p.add_argument("--dataset", default=None, help="pick among the trials of this data set only")
     p.add_argument("--out", required=True, help="bundle directory to write (replaced atomically if it is a bundle)")
     p.add_argument("--register", metavar="NAME", default=None, help="also register the bundle as pyfunc model NAME")

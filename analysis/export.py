@@ -27,13 +27,20 @@ DEFAULT_METRIC = "best_val_pcc_per_microbe"
 PYFUNC_CODE = Path(__file__).with_name("pyfunc.py")
 
 
-def pick_best(study: StudyRuns, metric: str = DEFAULT_METRIC, mode: str = "max") -> pd.Series:
-    """The finished trial with the best `metric` (ties: the earliest run); DepmicroError if none."""
+def pick_best(study: StudyRuns, metric: str = DEFAULT_METRIC, mode: str = "max", dataset: str | None = None) -> pd.Series:
+    """The finished trial with the best `metric` (on `dataset` if given); DepmicroError if none.
+    Validation scores of different data sets are not comparable, so a multi-set study is best
+    exported per set."""
     if mode not in ("max", "min"):
         raise DepmicroError(f"mode must be max or min, not {mode!r}")
     fin = study.finished
+    if dataset is not None:
+        known = sorted(study.trials["dataset"].dropna().unique()) if len(study.trials) else []
+        if dataset not in known:
+            raise DepmicroError(f"study {study.name!r} has no dataset {dataset!r} (datasets: {', '.join(known)})")
+        fin = fin[fin["dataset"] == dataset]
     if fin.empty:
-        raise DepmicroError(f"study {study.name!r} has no finished trials to export")
+        raise DepmicroError(f"study {study.name!r} has no finished trials to export" + (f" on {dataset}" if dataset else ""))
     if metric not in fin.columns:
         known = sorted(c for c in fin.columns if c.startswith(("val_", "best_val_", "test_")))
         raise DepmicroError(f"metric {metric!r} was not logged by study {study.name!r} (logged: {', '.join(known)})")
@@ -61,7 +68,7 @@ def _finite(v):
 
 
 def export(study_name: str, out: str | Path, tracking_uri: str | None = None, metric: str = DEFAULT_METRIC,
-           mode: str = "max", register: str | None = None) -> dict:
+           mode: str = "max", register: str | None = None, dataset: str | None = None) -> dict:
     """Write the bundle of the best trial to `out`; optionally register it as a pyfunc model."""
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -73,7 +80,7 @@ def export(study_name: str, out: str | Path, tracking_uri: str | None = None, me
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
         raise DepmicroError(f"{out}: exists and is not a depmicro bundle; refusing to replace it")
     study = load_study(study_name, tracking_uri)
-    best = pick_best(study, metric, mode)
+    best = pick_best(study, metric, mode, dataset)
     client = MlflowClient(study.tracking_uri)
     run_id = str(best["run_id"])
     cfg_val_metric = str(best.get("param.val_metric") or "pcc_per_microbe")
@@ -91,7 +98,8 @@ def export(study_name: str, out: str | Path, tracking_uri: str | None = None, me
         "experiment_id": study.experiment_id, "dataset": best["dataset"],
         "seed": None if pd.isna(best["seed"]) else int(best["seed"]), "variant": best.get("variant"),
         "label": best.get("label"), "git_commit": best.get("git_commit"), "tracking_uri": study.tracking_uri,
-        "model_artifact": f"runs:/{run_id}/model", "n_candidates": int(len(study.finished)),
+        "model_artifact": f"runs:/{run_id}/model",
+        "n_candidates": int(len(study.finished) if dataset is None else (study.finished["dataset"] == dataset).sum()),
         "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 

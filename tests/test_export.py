@@ -109,6 +109,9 @@ def test_select_by_another_metric_and_bad_requests(logged_study, tmp_path, capsy
     res = export(STUDY, tmp_path / "b", tracking_uri=logged_study["tracking_uri"], metric="test_rmse", mode="min")
     assert (res["dataset"], res["seed"]) == ("beta", 2)  # highest test pcc_per_microbe, 0.75 -> lowest rmse
     assert res["value"] == pytest.approx(1 - 0.75)
+    res = export(STUDY, tmp_path / "b", tracking_uri=logged_study["tracking_uri"], dataset="alpha")
+    assert (res["dataset"], res["trial_id"]) == ("alpha", "trial_015")  # best alpha val: 0.5 + 0.01 * 15
+    assert json.loads((tmp_path / "b" / "provenance.json").read_text())["n_candidates"] == 9
     code = main(["export", STUDY, "--tracking-uri", logged_study["tracking_uri"], "--metric", "val_nope", "--out", str(tmp_path / "c")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "metric 'val_nope' was not logged" in err
