@@ -33,7 +33,7 @@ def test_status_shows_every_trial(quickstart_run, capsys):
     for t in st["trials"]:
         assert set(t) >= {"trial_id", "status", "config", "metrics"}
         assert t["status"] in ("TERMINATED", "STOPPED")
-        assert t["config"]["epochs"] == 3 and t["config"]["hidden_dim"] == 32  # the full ModelConfig, typed
+        assert t["config"]["epochs"] == 3 and t["config"]["hidden_dim"] == 64  # the full ModelConfig (tiny.yaml), typed
         assert 0.7 <= t["config"]["ar_decay"] <= 1.0
         assert "val_pcc_per_microbe" in t["metrics"]
         if t["status"] == "TERMINATED":

@@ -82,9 +82,9 @@ def test_killed_driver_resumes_every_trial_exactly_once(tmp_path):
 
 def test_killed_worker_retries_from_its_checkpoint(tmp_path):
     name = "workerkill"
-    # 2000 samples make an epoch take ~1-2 s, long enough to kill the worker between two epochs
+    # 1000 samples make an epoch take ~1 s, long enough to kill the worker between two epochs
     spec = small_study(tmp_path, name, epochs=5, num_samples=1, scheduler="none", baselines=[], max_failures=2,
-                       max_concurrent_trials=1, synthetic={"n_samples": 2000})
+                       max_concurrent_trials=1, synthetic={"n_samples": 1000})
     uri, storage = study_args(tmp_path)
     drv = Driver(["study", "run", spec, "--tracking-uri", uri, "--storage", storage, "--json"], cwd=tmp_path)
     try:
