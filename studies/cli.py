@@ -39,13 +39,13 @@ def format_status(st: dict) -> str:
     expected = f" of {st['expected_trials']}" if "expected_trials" in st else ""
     lines = [f"study {st['name']}: {st['state']}; {len(st['trials'])}{expected} trial(s): {counts}",
              f"  mlflow {st['tracking_uri']}  storage {st['storage']}"]
-    head = f"  {'trial_id':<14} {'status':<10} {'dataset':<10} {'seed':>4} {'variant':<22} {'epochs':>6} {'val_pcc_pm':>10} {'test_pcc_pm':>11}"
+    head = f"  {'trial_id':<14} {'status':<10} {'dataset':<10} {'seed':>4} {'variant':<22} {'epochs':>7} {'best_val_pcc_pm':>15} {'test_pcc_pm':>11}"
     lines.append(head)
     for t in st["trials"]:
         m = t["metrics"]
-        epochs = t["config"].get("epochs", "")
+        epochs = f"{t.get('epochs_done') or '-'}/{t['config'].get('epochs', '?')}"
         lines.append(f"  {str(t['trial_id']):<14} {t['status']:<10} {str(t['dataset']):<10} {str(t['seed']):>4} "
-                     f"{str(t['variant'])[:22]:<22} {str(epochs):>6} {_f(m.get('best_val_pcc_per_microbe', m.get('val_pcc_per_microbe'))):>10} "
+                     f"{str(t['variant'])[:22]:<22} {epochs:>7} {_f(m.get('best_val_pcc_per_microbe', m.get('val_pcc_per_microbe'))):>15} "
                      f"{_f(m.get('test_pcc_per_microbe')):>11}")
     for b in st.get("baselines", []):
         lines.append(f"  baseline {b['method']:<9} {str(b['dataset']):<10} seed {b['seed']}: "

@@ -370,27 +370,37 @@ def _execute(spec: StudySpec, exp: Path, tracking_uri: str, exp_id: str, parent:
         log(f"[{spec.name}] {'resuming' if restore else 'running'} {total} trial(s), "
             f"{spec.max_concurrent_trials} at a time, {spec.resources.cpu:g} CPU / {spec.resources.gpu:g} GPU each")
         with contextlib.redirect_stdout(sys.stderr):  # Tune prints tables; stdout carries only the result (--json)
-            grid = tuner.fit()
-        counts: dict[str, int] = {}
-        for r in grid:
-            st = "ERROR" if r.error else ("TERMINATED" if "test_pcc" in (r.metrics or {}) else "STOPPED")
-            counts[st] = counts.get(st, 0) + 1
-        status = "FINISHED" if sum(counts.values()) >= total else "KILLED"
+            tuner.fit()
+        # MLflow's status tags are the record (Tune counts a trial interrupted by Ctrl-C as ended, too)
+        final_status = tracking.study_status(spec.name, tracking_uri)
+        counts = final_status["counts"]
+        done = sum(v for k, v in counts.items() if k in tracking.TERMINAL)
+        status = "FINISHED" if done >= total else "KILLED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
         tracking.end_study(tracking_uri, parent, status)
-    summary = {"name": spec.name, "storage": str(exp), "tracking_uri": tracking_uri, "trials": sum(counts.values()),
-               "counts": counts, "seconds": round(time.time() - t0, 1)}
-    try:
-        best = grid.get_best_result(metric=spec.metric, mode=spec.mode, filter_nan_and_inf=True)
-        summary["best"] = {"trial_id": best.metrics.get("trial_id"), spec.metric: best.metrics.get(spec.metric),
-                           "test_pcc_per_microbe": best.metrics.get("test_pcc_per_microbe"),
-                           "config": {k: best.config.get(k) for k in spec.search_space}}
-    except (RuntimeError, KeyError, ValueError):
-        pass
+    summary = {"name": spec.name, "state": status, "storage": str(exp), "tracking_uri": tracking_uri,
+               "trials": sum(counts.values()), "counts": counts, "seconds": round(time.time() - t0, 1)}
+    if status != "FINISHED":
+        summary["next"] = f"depmicro study resume {spec.name} --storage {exp.parent}"
+    best = _best_finished(spec, final_status["trials"])
+    if best:
+        summary["best"] = best
     return summary
+
+
+def _best_finished(spec: StudySpec, trials: list[dict]) -> dict | None:
+    """The finished trial with the best best-so-far validation score (the model that was kept and tested)."""
+    key = spec.metric if spec.metric.startswith("best_") else f"best_{spec.metric}"
+    fin = [t for t in trials if t["status"] == "TERMINATED" and key in t["metrics"]]
+    if not fin:
+        return None
+    pick = (max if spec.mode == "max" else min)(fin, key=lambda t: t["metrics"][key])
+    return {"trial_id": pick["trial_id"], key: pick["metrics"][key],
+            "test_pcc_per_microbe": pick["metrics"].get("test_pcc_per_microbe"),
+            "config": {k: pick["config"].get(k) for k in spec.search_space}, "run_id": pick["run_id"]}
 
 
 def study_status(name: str, tracking_uri: str | None = None, storage: str | os.PathLike | None = None) -> dict:

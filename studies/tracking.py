@@ -249,6 +249,8 @@ class MlflowTracker(Callback):
             self._log_final_artifacts(rid, trial.checkpoint)
         if status == "ERROR" and getattr(trial, "error_file", None):
             self.client.set_tag(rid, "depmicro.error", _first_error_line(trial))
+        if isinstance(result.get("epoch"), int):
+            self.client.set_tag(rid, "depmicro.epochs_done", str(result["epoch"]))
         self.client.set_tag(rid, "depmicro.status", status)
         self.client.set_terminated(rid, "FAILED" if status == "ERROR" else "FINISHED")
         self._status[rid] = status
@@ -340,6 +342,7 @@ def study_status(study: str, tracking_uri: str) -> dict:
             "trial_id": tags.get("depmicro.trial_id"), "status": tags.get("depmicro.status", "UNKNOWN"),
             "dataset": tags.get("depmicro.dataset"), "seed": _int_or_none(tags.get("depmicro.seed")),
             "variant": tags.get("depmicro.variant"), "node_id": tags.get("depmicro.node_id"),
+            "epochs_done": _int_or_none(tags.get("depmicro.epochs_done")),
             "run_id": run.info.run_id, "config": config, "metrics": dict(run.data.metrics),
         })
     trials.sort(key=lambda t: t["trial_id"] or "")
