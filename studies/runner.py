@@ -297,7 +297,7 @@ def run_study(path: str | os.PathLike, address: str | None = None, tracking_uri:
 
     log = log or tracking.print_line
     spec = load_spec(path)  # before anything starts: a bad file costs a second
-    tracking_uri = tracking_uri or tracking.default_tracking_uri()
+    tracking_uri = tracking.normalize_tracking_uri(tracking_uri or tracking.default_tracking_uri())
     storage = storage_root(storage)
     exp = storage / spec.name
     if tune.Tuner.can_restore(str(exp)):
@@ -325,7 +325,7 @@ def resume_study(name: str, address: str | None = None, tracking_uri: str | None
     log = log or tracking.print_line
     exp = experiment_dir(name, storage)
     state = _read_state(exp)
-    if tracking_uri and tracking_uri != state["tracking_uri"]:
+    if tracking_uri and tracking.normalize_tracking_uri(tracking_uri) != state["tracking_uri"]:
         raise DepmicroError(f"study {name!r} is tracked at {state['tracking_uri']}; resume it there (got {tracking_uri})")
     spec = spec_from_json(state["spec"])
     uri = state["tracking_uri"]
@@ -411,7 +411,7 @@ def study_status(name: str, tracking_uri: str | None = None, storage: str | os.P
     uri = tracking_uri
     if uri is None and (exp / STATE_FILE).is_file():
         uri = _read_state(exp)["tracking_uri"]
-    uri = uri or tracking.default_tracking_uri()
+    uri = tracking.normalize_tracking_uri(uri or tracking.default_tracking_uri())
     out = tracking.study_status(name, uri)
     out["storage"] = str(exp)
     out["resumable"] = bool((exp / STATE_FILE).is_file()) and out["state"] != "FINISHED"

@@ -38,6 +38,13 @@ def default_tracking_uri(cwd: str | os.PathLike | None = None) -> str:
     return f"sqlite:///{Path(cwd or os.getcwd()).resolve() / 'mlflow.db'}"
 
 
+def normalize_tracking_uri(uri: str) -> str:
+    """A relative SQLite path is made absolute: `study resume` may run from another directory."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+    return uri
+
+
 def experiment_name(study: str) -> str:
     return f"depmicro-{study}"
 

@@ -200,3 +200,19 @@ def test_relative_paths_resolve_against_the_study_file(tmp_path):
     assert spec.base_config["hidden_dim"] == 16 and spec.base_config["epochs"] == 2
     with pytest.raises(DepmicroError, match="no such file"):
         spec_from_dict(raw, base_dir=tmp_path / "cfg")
+
+
+def test_relative_sqlite_uri_is_stored_absolute(tmp_path, monkeypatch):
+    from depmicro.studies.tracking import default_tracking_uri, normalize_tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    assert normalize_tracking_uri("sqlite:///sub/m.db") == f"sqlite:///{tmp_path / 'sub' / 'm.db'}"
+    assert normalize_tracking_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
+    assert normalize_tracking_uri("http://mlflow:5000") == "http://mlflow:5000"
+    assert default_tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def test_cloud_storage_uri_is_refused_in_one_line(capsys):
+    code = main(["study", "resume", "x", "--storage", "s3://bucket/results"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "cloud URIs are not supported" in err
