@@ -381,6 +381,8 @@ def _execute(spec: StudySpec, exp: Path, tracking_uri: str, exp_id: str, parent:
         raise
     finally:
         tracking.end_study(tracking_uri, parent, status)
+        if status != "FINISHED":
+            tracking.mark_interrupted(spec.name, tracking_uri, exp_id)
     summary = {"name": spec.name, "state": status, "storage": str(exp), "tracking_uri": tracking_uri,
                "trials": sum(counts.values()), "counts": counts, "seconds": round(time.time() - t0, 1)}
     if status != "FINISHED":

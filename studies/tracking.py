@@ -157,6 +157,15 @@ def end_study(tracking_uri: str, parent_run_id: str, status: str = "FINISHED") -
     client_for(tracking_uri).set_terminated(parent_run_id, status)
 
 
+def mark_interrupted(study: str, tracking_uri: str, experiment_id: str) -> None:
+    """Runs of trials the driver stopped (Ctrl-C, an error) show as KILLED in MLflow until resumed;
+    their `depmicro.status` tag stays RUNNING: the trial is not over, `study resume` continues it."""
+    client = client_for(tracking_uri)
+    for run in find_runs(client, experiment_id, study, "trial"):
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, "KILLED")
+
+
 def log_baseline(spec: StudySpec, tracking_uri: str, experiment_id: str, parent_run_id: str, method: str,
                  dataset: str, seed: int, metrics: dict, per_microbe: dict) -> str:
     """One baseline child run per (method, dataset, seed); a finished one is not logged again."""
