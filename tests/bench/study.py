@@ -83,7 +83,7 @@ def run_variant(label: str, concurrent: int, asha: bool, epochs: int | None, num
     return {
         "max_concurrent_trials": concurrent, "scheduler": "asha" if asha else "none", "wall_s": round(wall, 1),
         "trials": summary["trials"], "statuses": statuses, "trial_epochs": trial_epochs,
-        "best_val_pcc_per_microbe": best.get("val_pcc_per_microbe"), "best_test_pcc_per_microbe": best.get("test_pcc_per_microbe"),
+        "best_val_pcc_per_microbe": best.get("best_val_pcc_per_microbe"), "best_test_pcc_per_microbe": best.get("test_pcc_per_microbe"),
         "dir": str(d),
     }
 
