@@ -300,9 +300,9 @@ class MlflowTracker(Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         rid = self.run_id(trial)
-        if self._status.get(rid) in TERMINAL:
+        if self._status.get(rid) in ("TERMINATED", "STOPPED"):
             return
-        if self._status.get(rid) != "RUNNING":
+        if self._status.get(rid) != "RUNNING":  # new, or ERROR and resumed by `study resume` (resume_errored)
             self.client.set_tag(rid, "depmicro.status", "RUNNING")
             self._status[rid] = "RUNNING"
         self.client.update_run(rid, status="RUNNING")
