@@ -22,10 +22,13 @@ class ModelConfig:
     vae_hidden: int = 128          # width of the VAE's shared context MLP
     vae_beta: float = 0.001        # KL weight; Eq. 8 uses 1, which collapses the per-microbe latents here (measured)
     vae_pretrain: bool = True      # pretrain on the other sets (leave-target-out) before fine-tuning
-    vae_epochs: int = 60           # epochs per VAE phase (pretraining, then fine-tuning on the target)
+    vae_epochs: int = 300          # epochs per VAE phase (pretraining, then fine-tuning on the target)
     vae_lr: float = 2e-3
     freeze_vae: bool = True        # keep the VAE fixed while the DAT learns (latent diffusion practice)
     residual_diffusion: bool = True  # diffuse clean latent minus the encoder's m-latent (CARD-style prior mean)
+    eps_head: str = "x0"           # x0: the DAT's last layer outputs x0 and eps is derived from it; direct: outputs eps
+    min_snr: float = 5.0           # eps-loss weight clamp(SNR, snr_floor, g)/SNR (Min-SNR-g); 0 = plain eps MSE
+    snr_floor: float = 1.0         # ... and the lower clamp (truncated SNR), so x0 is learned at high noise too
     # --- DAT ---
     hidden_dim: int = 64
     n_layers: int = 2
@@ -70,10 +73,11 @@ _CHOICES = {
     "sampling": ("full", "fractional", "adaptive"),
     "mixed_precision": ("no", "bf16", "auto"),
     "val_metric": ("pcc_per_microbe", "pcc", "cos", "rmse", "mae"),
+    "eps_head": ("x0", "direct"),
 }
 _POSITIVE = ("latent_dim", "vae_hidden", "hidden_dim", "n_layers", "n_heads", "timesteps", "sampling_fraction",
              "infer_ar_steps", "n_impute_samples", "epochs", "batch_size", "val_every", "mlp_ratio", "lr", "vae_lr")
-_NONNEG = ("vae_beta", "vae_epochs", "dropout", "f_threshold", "mi_threshold", "weight_decay", "grad_clip", "seed",
+_NONNEG = ("snr_floor", "min_snr", "vae_beta", "vae_epochs", "dropout", "f_threshold", "mi_threshold", "weight_decay", "grad_clip", "seed",
            "patience", "sampler_eta")
 
 

@@ -63,8 +63,9 @@ class Block(nn.Module):
 
 class DAT(nn.Module):
     def __init__(self, n_taxa: int, latent_dim: int, hidden: int, layers: int, heads: int, mlp_ratio: float,
-                 dropout: float, meta_dim: int, residual_condition: bool):
+                 dropout: float, meta_dim: int, residual_condition: bool, alpha_bar: torch.Tensor | None = None):
         super().__init__()
+        self.alpha_bar = alpha_bar  # set for an x0-parameterized epsilon head (not a parameter: the schedule)
         D, k, H = n_taxa, latent_dim, hidden
         self.D, self.k, self.H = D, k, H
         self.residual_condition = residual_condition
@@ -126,7 +127,14 @@ class DAT(nn.Module):
              + torch.gather(val, 1, gi) + temb)
         for blk, (k, v) in zip(self.blocks, cache):
             x = blk.noisy(x, k, v, allow_noisy)
-        return self.out(self.ln_out(x))
+        out = self.out(self.ln_out(x))
+        if self.alpha_bar is None:
+            return out
+        # x0-parameterized head: the network proposes x0, and returns the epsilon that x0 implies for
+        # x_t. The loss stays on epsilon; near t = T, where the implied x0 of a direct eps head is the
+        # eps error amplified by 1/sqrt(alpha_bar), this falls back to the zero-initialized proposal.
+        ab = self.alpha_bar.to(out.device)[t][..., None]
+        return (z_noisy - ab.sqrt() * out) / (1 - ab).clamp(min=1e-8).sqrt()
 
     def forward(self, z_clean: torch.Tensor, z_noisy: torch.Tensor, t: torch.Tensor, x_obs: torch.Tensor,
                 flag: torch.Tensor, step: torch.Tensor, cond: torch.Tensor, dep: torch.Tensor | None, mode: str,

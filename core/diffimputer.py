@@ -40,12 +40,12 @@ class DepMicroDiffImputer:
         self.latent_lo = np.full(cfg.latent_dim, -6.0, dtype=np.float32)  # range of normalized clean latents
         self.latent_hi = np.full(cfg.latent_dim, 6.0, dtype=np.float32)
         torch.manual_seed(cfg.seed)
+        self.diffusion = Diffusion(cfg.timesteps)
         self.net = nn.ModuleDict({
             "vae": TokenVAE(n_taxa, cfg.latent_dim, cfg.vae_hidden),
             "dat": DAT(n_taxa, cfg.latent_dim, cfg.hidden_dim, cfg.n_layers, cfg.n_heads, cfg.mlp_ratio, cfg.dropout,
-                       meta_dim, cfg.residual_condition),
+                       meta_dim, cfg.residual_condition, self.diffusion.alpha_bar if cfg.eps_head == "x0" else None),
         })
-        self.diffusion = Diffusion(cfg.timesteps)
         self.device = torch.device("cpu")
         self._meta_encoder = None
 
@@ -127,7 +127,7 @@ class DepMicroDiffImputer:
         cond = obs & ~target
         y = y * obs.float()
         with torch.no_grad():
-            mu_full, _ = self.vae.encode(y, obs)
+            mu_full, _ = self.vae.encode(y, obs, ctx_m=cond)
             z0 = self._norm(mu_full)
         z_c, cond_tok = self._condition(y, cond, meta, has)
         step = torch.as_tensor(train_steps(target_np, self.rank, cfg.ar_decay, rng), device=dev)
@@ -143,6 +143,11 @@ class DepMicroDiffImputer:
         z_clean = z_c * cond.float()[..., None] + z0 * target.float()[..., None]  # earlier steps' targets seen clean
         eps = self.dat(z_clean, z_noisy, t, y, cond, step, cond_tok, self._dep_tensor(), cfg.dep_mask_mode, idx, valid, hint)
         per_tok = ((eps.float() - noise) ** 2).mean(-1)
+        if cfg.min_snr > 0:  # Min-SNR-g / truncated-SNR weighting of the eps loss
+            ab = self.diffusion.alpha_bar.to(dev)[t]
+            snr = ab / (1 - ab).clamp(min=1e-8)
+            w = torch.clamp(snr, min=min(cfg.snr_floor, cfg.min_snr), max=cfg.min_snr)
+            per_tok = per_tok * w / snr.clamp(min=1e-8)
         vf = valid.float()
         return (per_tok * vf).sum() / vf.sum().clamp(min=1)
 

@@ -27,11 +27,17 @@ class TokenVAE(nn.Module):
         self.dec_embed = nn.Parameter(torch.randn(n_taxa, token_hidden) * 0.02)
         self.dec = nn.Sequential(nn.Linear(latent_dim, token_hidden), nn.SiLU(), nn.Linear(token_hidden, token_hidden), nn.SiLU(), nn.Linear(token_hidden, 1))
 
-    def encode(self, x: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, D) values (read only where m) and flags -> mean, log-variance (B, D, k)."""
+    def encode(self, x: torch.Tensor, m: torch.Tensor, ctx_m: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, D) values (read only where m) and flags -> mean, log-variance (B, D, k).
+
+        `ctx_m` computes the shared context from a smaller mask than the tokens' own: the clean
+        latent of a training target is its visible value in the context its conditioning profile
+        gives, so it differs from that profile's m-latent only through the value itself.
+        """
         m = m.float()
         xm = x * m
-        ctx = self.context(torch.cat([xm, m], dim=-1))  # (B, H)
+        cm = m if ctx_m is None else ctx_m.float()
+        ctx = self.context(torch.cat([x * cm, cm], dim=-1))  # (B, H)
         h = self.enc_local(torch.stack([xm, m], dim=-1)) + self.enc_embed + ctx[:, None, :]
         mu, logvar = self.enc_out(h).chunk(2, dim=-1)
         return mu, logvar.clamp(-10, 10)

