@@ -41,7 +41,8 @@ def _steps(uri: str, run_id: str, key: str = "train_loss") -> list[int]:
 
 def test_killed_driver_resumes_every_trial_exactly_once(tmp_path):
     name = "killed"
-    spec = small_study(tmp_path, name, epochs=3, num_samples=3, scheduler="none", baselines=[])
+    # two Optuna suggestions x two held-out seeds (Repeater): resume must restore the searcher's pairing too
+    spec = small_study(tmp_path, name, epochs=3, num_samples=2, seeds=[0, 1], scheduler="none", baselines=[])
     uri, storage = study_args(tmp_path)
     first = Driver(["study", "run", spec, "--tracking-uri", uri, "--storage", storage], cwd=tmp_path, tag="first")
     second = None
@@ -51,12 +52,12 @@ def test_killed_driver_resumes_every_trial_exactly_once(tmp_path):
         first.proc.wait(30)
         first.kill_group()  # the Ray processes the killed driver leaves behind
         before = _results(storage, name)
-        assert 1 <= len(before) <= 3
+        assert 1 <= len(before) <= 4
 
         second = Driver(["study", "resume", name, "--storage", storage, "--json"], cwd=tmp_path, tag="second")
         assert second.wait(240) == 0, second.stderr()[-3000:]
         summary = second.json()
-        assert summary["counts"] == {"TERMINATED": 3}
+        assert summary["counts"] == {"TERMINATED": 4}
     finally:
         first.kill_group()
         if second is not None:
@@ -64,7 +65,10 @@ def test_killed_driver_resumes_every_trial_exactly_once(tmp_path):
 
     runs, trials = _trial_runs(uri, name)
     assert (runs["tags.depmicro.kind"] == "study").sum() == 1
-    assert len(trials) == 3 and trials["tags.depmicro.trial_id"].nunique() == 3
+    assert len(trials) == 4 and trials["tags.depmicro.trial_id"].nunique() == 4
+    # each suggested configuration ran once on each held-out seed
+    pairs = trials.groupby("params.lr")["tags.depmicro.seed"].apply(sorted).tolist()
+    assert pairs == [["0", "1"], ["0", "1"]], pairs
     assert (trials["tags.depmicro.status"] == "TERMINATED").all() and (trials["status"] == "FINISHED").all()
     for _, run in trials.iterrows():
         assert _steps(uri, run["run_id"]) == [1, 2, 3]
