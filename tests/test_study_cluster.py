@@ -1,5 +1,5 @@
 """A real two-node Ray cluster on this machine (loopback, token authentication), and a study whose
-trials land on both nodes. Every Ray process is removed at the end, by process group, even on failure
+trials land on both nodes, while a node holding the wrong token is refused. Every Ray process is removed at the end, by process group, even on failure
 (never `ray stop`: on a shared machine it would stop other people's Ray too)."""
 from __future__ import annotations
 
@@ -33,6 +33,11 @@ def _start(args: list[str], log: Path, env: dict) -> subprocess.Popen:
     with open(log, "w") as f:
         return subprocess.Popen([RAY, "start", *args, "--block"], stdout=f, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
+
+
+def _start_once(args: list[str], log: Path, env: dict) -> subprocess.Popen:
+    with open(log, "w") as f:
+        return subprocess.Popen([RAY, "start", *args], stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
 def _wait_started(proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
@@ -80,12 +85,20 @@ def test_study_trials_land_on_both_nodes(two_node_cluster, tmp_path):
     spec = small_study(tmp_path, "twonode", epochs=3, num_samples=2, scheduler="none", baselines=[],
                        max_concurrent_trials=2, synthetic={"n_samples": 600})
     uri, storage = study_args(tmp_path)
+    # meanwhile a node with the wrong token tries to join (Ray takes ~20 s to give up; run it alongside)
+    wrong = tmp_path / "wrong_token"
+    wrong.write_text(secrets.token_hex(32))
+    intruder = _start_once([f"--address={address}", "--num-cpus=1", "--node-ip-address=127.0.0.1"], tmp_path / "intruder.log",
+                           {**env, "RAY_AUTH_TOKEN_PATH": str(wrong)})
     drv = Driver(["study", "run", spec, "--address", address, "--tracking-uri", uri, "--storage", storage, "--json"],
                  cwd=tmp_path, env={k: env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")})
     try:
         assert drv.wait(300) == 0, drv.stderr()[-3000:]
+        assert intruder.wait(120) != 0
     finally:
         drv.kill_group()
+        kill_process_group(intruder.pid)
+    assert "InvalidAuthToken" in (tmp_path / "intruder.log").read_text()
     assert "Ray: 2 node(s), 2 CPU" in drv.stderr()  # joined the cluster, did not start its own
     assert drv.json()["counts"] == {"TERMINATED": 2}
 
