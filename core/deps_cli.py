@@ -60,7 +60,7 @@ def _cmd_deps(args: argparse.Namespace) -> dict:
     ds = load_dataset(args.path, metadata=args.metadata, orientation=args.orientation)
     order = order_from_metadata(ds.metadata, args.order_by) if args.order_by else None
     settings = DepSettings(lag=args.lag, order_by=args.order_by, n_permutations=args.permutations, seed=args.seed,
-                           mi_bins=args.mi_bins)
+                           mi_bins=args.mi_bins, mi_estimator=args.mi_estimator, mi_jitter_repeats=args.mi_jitter_repeats)
     if ds.n_samples - settings.lag - 3 < 1:
         raise DepmicroError(f"{ds.n_samples} samples are too few for lag-{settings.lag} F-statistics (need at least {settings.lag + 4})")
     stats = compute_dep_stats(ds.normalized, settings, order=order, var_names=ds.var_names, device=args.device)
@@ -102,7 +102,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fdr", action="store_true", help="Benjamini-Hochberg q-values instead of p-values for the alphas")
     p.add_argument("--permutations", type=_count, default=0, help="MI permutation test with N permutations (default 0: none)")
     p.add_argument("--mi-bins", type=int, default=8, help="at most this many bins for a taxon's nonzero values (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the permutations")
+    p.add_argument("--mi-estimator", choices=["binned", "ksg"], default="binned",
+                   help="binned plug-in (default, fast) or ksg: scikit-learn's k=3 estimator for all pairs (O(n^2) per pair)")
+    p.add_argument("--mi-jitter-repeats", type=int, default=1, help="ksg: average over this many jitter seeds (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the permutations (and of the ksg jitter)")
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--out", default="deps.npz", help="output .npz (f_stat, f_pvalue, mi, dep, var_names; default deps.npz)")
     p.add_argument("--plot", metavar="DIR", help="write the top directed pairs and the MI network figures here")

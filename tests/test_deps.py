@@ -141,6 +141,56 @@ def test_mi_rank_agrees_with_sklearn_on_coad():
     assert rho >= 0.6  # measured 0.64; the issue asked for 0.9, which this estimator does not reach (see core/deps.py)
 
 
+def test_ksg_equals_sklearn_on_coad_pairs():
+    """The KSG option reproduces mutual_info_regression(k=3) pair for pair when it sees the same jitter
+    seeds, so its ranks agree (the issue's Spearman >= 0.9); averaged over 2 seeds on both sides."""
+    from scipy.stats import spearmanr
+    from sklearn.feature_selection import mutual_info_regression
+
+    from depmicro.core.deps_ksg import ksg_mutual_information
+
+    Y = load_dataset(tcma_path("coad")).normalized
+    ok = np.flatnonzero(np.ptp(Y, axis=0) > 0)
+    cols = np.sort(np.random.default_rng(0).choice(ok, 21, replace=False))  # all 210 pairs of 21 random taxa
+    mi = ksg_mutual_information(Y[:, cols], seed=0, repeats=2, device="cpu", memory_bytes=100_000_000)
+    iu, ju = np.triu_indices(len(cols), k=1)
+    ref = np.mean([[mutual_info_regression(Y[:, [cols[j]]], Y[:, cols[i]], n_neighbors=3, random_state=s)[0]
+                    for i, j in zip(iu, ju)] for s in (0, 1)], axis=0)
+    ours = mi[iu, ju]
+    rho = spearmanr(ref, ours)[0]
+    print(f"KSG Spearman vs mutual_info_regression (same 2 seeds), {len(iu)} COAD pairs: {rho:.4f}")
+    assert rho >= 0.9
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-12)  # exact, not merely rank-similar
+    assert np.array_equal(mi, mi.T) and not mi.diagonal().any() and (ours > 0.05).sum() >= 10
+
+
+def test_ksg_counts_are_exact_at_ties_and_wired_into_settings(tmp_path, synthetic):
+    import torch
+
+    from depmicro.core.deps_ksg import _count_within, ksg_pairs
+
+    rng = np.random.default_rng(1)
+    v = torch.as_tensor(rng.integers(0, 6, size=(5, 40)).astype(np.float64) * 0.1)  # many exact ties and boundaries
+    r = torch.as_tensor(rng.integers(0, 4, size=(5, 40)) * 0.1)
+    brute = ((v[:, :, None] - v[:, None, :]).abs() <= r[:, :, None]).sum(-1).to(torch.float64)
+    assert torch.equal(_count_within(torch.sort(v, -1).values, v, r), brute)
+    x = torch.as_tensor(rng.standard_normal((2, 300)))
+    y = torch.stack([x[0] + 0.1 * torch.as_tensor(rng.standard_normal(300)), torch.as_tensor(rng.standard_normal(300))])
+    dep, indep = ksg_pairs(x, y).tolist()
+    assert dep > 1.0 and indep < 0.05  # true MI of the first pair: 0.5 log(1 + 100) = 2.3 nats
+
+    ds, _ = synthetic
+    ksg = DepSettings(mi_estimator="ksg", mi_jitter_repeats=2)
+    stats = compute_dep_stats(ds.normalized[:60, :8], ksg, device="cpu")
+    binned = compute_dep_stats(ds.normalized[:60, :8], device="cpu")
+    assert np.array_equal(stats.f_stat, binned.f_stat) and not np.allclose(stats.mi, binned.mi)
+    assert cache_key(ds.normalized, ksg) != cache_key(ds.normalized, DepSettings())
+    for bad, msg in [(dict(mi_estimator="kde"), "kde"), (dict(mi_jitter_repeats=0), "mi_jitter_repeats"),
+                     (dict(mi_estimator="ksg", n_permutations=10), "binned")]:
+        with pytest.raises(DepmicroError, match=msg):
+            DepSettings(**bad)
+
+
 def test_permutation_pvalues_calibrated_and_find_dependence():
     rng = np.random.default_rng(2)
     n, D = 200, 24
@@ -332,6 +382,20 @@ def test_cli_writes_matrices_counts_and_plots(tmp_path, capsys):
     assert all(Path(p).stat().st_size > 1000 for p in res["plots"])
 
 
+def test_cli_ksg_estimator(tmp_path, capsys):
+    from depmicro.core.deps_ksg import ksg_mutual_information
+
+    data = write_synthetic(tmp_path / "syn.h5ad", n_samples=60, seed=0)
+    out = tmp_path / "deps.npz"
+    assert main(["deps", str(data), "--mi-estimator", "ksg", "--mi-jitter-repeats", "2", "--seed", "3",
+                 "--out", str(out), "--json"]) == 0
+    json.loads(capsys.readouterr().out)
+    with np.load(out, allow_pickle=False) as z:
+        mi = z["mi"]
+    expected = ksg_mutual_information(load_dataset(data).normalized, seed=3, repeats=2, device="cpu")
+    np.testing.assert_allclose(mi, expected, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--f-threshold", "-1"], "F threshold"),
     (["--mi-threshold", "abc"], "MI threshold"),
@@ -339,6 +403,8 @@ def test_cli_writes_matrices_counts_and_plots(tmp_path, capsys):
     (["--mi-alpha", "0.05"], "permutations"),
     (["--permutations", "-3"], "permutations"),
     (["--lag", "0"], "lag"),
+    (["--mi-estimator", "ksg", "--permutations", "5"], "binned"),
+    (["--mi-jitter-repeats", "0"], "mi_jitter_repeats"),
     (["--plot", "__FILE__"], "not a directory"),
 ])
 def test_cli_bad_input_is_one_line(tmp_path, capsys, args, message):

@@ -3,7 +3,8 @@ OLS + compare_f_test per ordered pair, and scikit-learn mutual_info_regression (
 The naive methods are timed on a random sample of pairs and extrapolated per pair to all pairs
 (the JSON says how many were timed); the project computes all pairs for real. Prints JSON.
 
-    python tests/bench/deps.py [--sets coad stad hnsc] [--f-pairs 200] [--mi-pairs 100] [--large-n 1000 --large-d 1695]
+    python tests/bench/deps.py [--sets coad stad hnsc] [--f-pairs 200] [--mi-pairs 100] [--ksg-sets coad]
+        [--large-n 1000 --large-d 1695]
 """
 from __future__ import annotations
 
@@ -65,7 +66,8 @@ def best_of(fn, repeats: int) -> float:
     return min(times)
 
 
-def bench_matrix(name: str, Y: np.ndarray, f_pairs: int, mi_pairs: int, repeats: int, permutations: int) -> dict:
+def bench_matrix(name: str, Y: np.ndarray, f_pairs: int, mi_pairs: int, repeats: int, permutations: int,
+                 ksg: bool = False) -> dict:
     from scipy.stats import spearmanr
 
     n, D = Y.shape
@@ -95,6 +97,18 @@ def bench_matrix(name: str, Y: np.ndarray, f_pairs: int, mi_pairs: int, repeats:
         "agreement": {"f_max_relative_error": float(rel.max()),
                       "mi_spearman_vs_sklearn": round(float(spearmanr(ref_mi, [mi[i, j] for i, j in mp])[0]), 3)},
     }
+    if ksg:  # one run: all pairs cost about a minute here; [i, j] with i < j sees sklearn's seed-0 jitter exactly
+        from depmicro.core.deps_ksg import ksg_mutual_information
+
+        t0 = time.perf_counter()
+        K = ksg_mutual_information(Y, seed=0, device="cpu")
+        t_k = time.perf_counter() - t0
+        ours_k = np.array([K[i, j] for i, j in mp])
+        same = np.array([i < j for i, j in mp])
+        out["project_seconds"]["mi_ksg_all_pairs"] = round(t_k, 2)
+        out["speedup"]["mi_ksg"] = round(naive_mi_all / t_k, 1)
+        out["agreement"]["mi_ksg_spearman_vs_sklearn"] = round(float(spearmanr(ref_mi, ours_k)[0]), 4)
+        out["agreement"]["mi_ksg_max_abs_diff_same_jitter"] = float(np.abs(ours_k - ref_mi)[same].max())
     if permutations:
         t_p = best_of(lambda: mutual_information(Y, 8, n_permutations=permutations, device="cpu"), 1)
         out["project_seconds"][f"mi_with_{permutations}_permutations"] = round(t_p, 2)
@@ -118,6 +132,7 @@ def main() -> None:
     ap.add_argument("--mi-pairs", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--permutations", type=int, default=100, help="also time an MI permutation test on the first set")
+    ap.add_argument("--ksg-sets", nargs="*", default=["coad"], help="also time the all-pairs KSG estimator on these sets")
     ap.add_argument("--large-n", type=int, default=1000)
     ap.add_argument("--large-d", type=int, default=1695)
     args = ap.parse_args()
@@ -127,7 +142,8 @@ def main() -> None:
     results = []
     for k, name in enumerate(args.sets):
         Y = load_dataset(TCMA / f"{name}.h5ad").normalized
-        results.append(bench_matrix(name, Y, args.f_pairs, args.mi_pairs, args.repeats, args.permutations if k == 0 else 0))
+        results.append(bench_matrix(name, Y, args.f_pairs, args.mi_pairs, args.repeats, args.permutations if k == 0 else 0,
+                                    ksg=name in args.ksg_sets))
     large = None
     if args.large_d > 0:
         Y = random_zero_inflated(args.large_n, args.large_d)
