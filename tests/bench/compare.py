@@ -76,13 +76,14 @@ if __name__ == "__main__":
     ap.add_argument("--config", type=Path, default=REPO / "studies" / "configs" / "tiny.yaml")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--no-pretrain", action="store_true", help="skip leave-target-out VAE pretraining on the other sets")
+    ap.add_argument("--baselines", nargs="*", default=list(BASELINES), help="classical imputers to run next to it (none: skip)")
     ap.add_argument("--markdown", type=Path, help="also write the table here")
     args = ap.parse_args()
     if not TCMA.exists():
         sys.exit(f"TCMA data absent: {TCMA}")
     import torch
 
-    rows = run(args.sets, args.seeds, args.config, args.set, not args.no_pretrain)
+    rows = run(args.sets, args.seeds, args.config, args.set, not args.no_pretrain, tuple(args.baselines))
     table = markdown(rows)
     if args.markdown:
         args.markdown.write_text(table + "\n")
