@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from depmicro.core import deps
+from depmicro.core.atomic import atomic_path
 from depmicro.core.deps import DepSettings, DepStats
 from depmicro.core.errors import DepmicroError
 
@@ -27,15 +27,8 @@ NPZ_FORMAT = "depmicro-deps/1"
 def _atomic_savez(path: Path, arrays: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache is shared by a study's trials
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def dep_stats_to_npz(stats: DepStats, path: str | Path, *, dep: np.ndarray | None = None) -> None:

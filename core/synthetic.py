@@ -14,13 +14,13 @@ relative abundance adds between all taxa.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from depmicro.core.atomic import atomic_path
 from depmicro.core.data import Dataset
 from depmicro.core.errors import DepmicroError
 
@@ -90,13 +90,6 @@ def write_synthetic(path: str | os.PathLike, **kwargs) -> Path:
     adata.uns["planted_symmetric"] = np.asarray(truth.symmetric, dtype=np.int64).reshape(-1, 2)
     adata.uns["metadata_shifted"] = np.asarray(truth.shifted, dtype=np.int64)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".h5ad")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         adata.write_h5ad(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

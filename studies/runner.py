@@ -240,7 +240,7 @@ def _fmt(v: Any) -> str:
 # --- commands ---------------------------------------------------------------------------------
 
 def _write_state(exp: Path, state: dict) -> None:
-    from depmicro.core.manifest import atomic_write_text
+    from depmicro.core.atomic import atomic_write_text
 
     exp.mkdir(parents=True, exist_ok=True)
     atomic_write_text(exp / STATE_FILE, json.dumps(state, indent=2))
