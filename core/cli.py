@@ -10,7 +10,6 @@ import argparse
 import json
 import math
 import sys
-import time
 from importlib.metadata import entry_points
 from typing import Any, Callable
 
@@ -99,22 +98,17 @@ def _cmd_data(args: argparse.Namespace) -> dict:
 
 
 def _cmd_baseline(args: argparse.Namespace) -> dict:
-    import warnings
-
-    from depmicro.core.baselines import make_baseline
+    from depmicro.core.baselines import impute_with_baseline, make_baseline
     from depmicro.core.data import load_dataset
     from depmicro.core.protocol import evaluate, make_split
 
-    imputer = make_baseline(args.method, seed=args.seed)  # validates the name before reading data
+    make_baseline(args.method)  # validates the name before reading data
     ds = load_dataset(args.path, orientation=args.orientation)
     Y = ds.normalized
     split = make_split(Y, seed=args.seed, test_ratio=args.test_ratio, val_ratio=args.val_ratio)
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        filled = imputer.fit(Y, split.observed).impute(Y, split.observed)
+    filled, seconds = impute_with_baseline(args.method, Y, split.observed, seed=args.seed)
     metrics = evaluate(Y, filled, split.test)
-    return {"dataset": ds.name, "method": args.method, "seed": args.seed, **metrics, "seconds": round(time.perf_counter() - t0, 3)}
+    return {"dataset": ds.name, "method": args.method, "seed": args.seed, **metrics, "seconds": round(seconds, 3)}
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
