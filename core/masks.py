@@ -163,15 +163,18 @@ def token_rank(order: str, Y: np.ndarray, observed: np.ndarray, dep_f: np.ndarra
     return rank
 
 
+def _targets_in_order(target: np.ndarray, rank: np.ndarray):
+    """(row, target token ids sorted by AR rank) for every row with at least one target."""
+    for b in range(target.shape[0]):
+        idx = np.flatnonzero(target[b])
+        if idx.size:
+            yield b, idx[np.argsort(rank[idx], kind="stable")]
+
+
 def train_steps(target: np.ndarray, rank: np.ndarray, alpha: float, rng: np.random.Generator) -> np.ndarray:
     """Step ids (B, D) for training: per sample, Algorithm 1 over its target tokens in AR order."""
-    B, D = target.shape
-    step = np.zeros((B, D), dtype=np.int64)
-    for b in range(B):
-        idx = np.flatnonzero(target[b])
-        if idx.size == 0:
-            continue
-        idx = idx[np.argsort(rank[idx], kind="stable")]
+    step = np.zeros(target.shape, dtype=np.int64)
+    for b, idx in _targets_in_order(target, rank):
         sz, cs = ar_steps(idx.size, alpha, rng)
         for k in range(len(sz)):
             step[b, idx[cs[k] : cs[k + 1]]] = k + 1
@@ -181,13 +184,8 @@ def train_steps(target: np.ndarray, rank: np.ndarray, alpha: float, rng: np.rand
 def infer_steps(target: np.ndarray, rank: np.ndarray, n_steps: int) -> np.ndarray:
     """Step ids (B, D) for inference: each sample's targets in AR order, cut into n_steps even chunks
     (a fixed count so a batch moves through its AR steps together; short rows leave steps empty)."""
-    B, D = target.shape
-    step = np.zeros((B, D), dtype=np.int64)
-    for b in range(B):
-        idx = np.flatnonzero(target[b])
-        if idx.size == 0:
-            continue
-        idx = idx[np.argsort(rank[idx], kind="stable")]
+    step = np.zeros(target.shape, dtype=np.int64)
+    for b, idx in _targets_in_order(target, rank):
         for k, chunk in enumerate(np.array_split(idx, n_steps)):
             step[b, chunk] = k + 1
     return step
