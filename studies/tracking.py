@@ -249,6 +249,9 @@ class MlflowTracker(Callback):
     def _finalize(self, trial, status: str) -> None:
         rid = self.run_id(trial)
         if self._status.get(rid) in TERMINAL:
+            # a driver killed between the tag and the run status leaves the run open: close it now
+            if self.client.get_run(rid).info.status == "RUNNING":
+                self.client.set_terminated(rid, "FAILED" if self._status[rid] == "ERROR" else "FINISHED")
             return
         result = trial.last_result or {}
         if status == "TERMINATED" and "test_pcc" not in result:
@@ -267,8 +270,8 @@ class MlflowTracker(Callback):
             self.client.set_tag(rid, "depmicro.error", _first_error_line(trial))
         if isinstance(result.get("epoch"), int):
             self.client.set_tag(rid, "depmicro.epochs_done", str(result["epoch"]))
-        self.client.set_tag(rid, "depmicro.status", status)
         self.client.set_terminated(rid, "FAILED" if status == "ERROR" else "FINISHED")
+        self.client.set_tag(rid, "depmicro.status", status)  # last: the tag marks a run as complete
         self._status[rid] = status
 
     def _log_final_artifacts(self, rid: str, checkpoint) -> None:
