@@ -8,6 +8,7 @@ Held-out (val/test) values are never read: everything trains on `training_view(Y
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import random
@@ -15,7 +16,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +27,8 @@ from depmicro.core.diffimputer import DepMicroDiffImputer
 from depmicro.core.errors import DepmicroError
 from depmicro.core.masks import token_rank
 from depmicro.core.protocol import Split, evaluate, training_view
-from depmicro.core.vae import train_vae
+from depmicro.core.vae import TokenVAE, train_vae
+from depmicro.core.vae_cache import VaeEntry, read_vae_entry, save_vae_entry, vae_cache_key
 
 LOWER_IS_BETTER = ("rmse", "mae")
 
@@ -57,6 +59,8 @@ class FitResult:
     history: list[dict]
     seconds: float
     epochs: int
+    vae_source: str = "trained"  # trained | cache | shared | checkpoint (resumed: the VAE came with the DAT)
+    vae_seconds: float = 0.0     # seconds this fit spent training the VAE (0 on a hit)
 
 
 # --- setup ---------------------------------------------------------------------------------------
@@ -105,19 +109,78 @@ def _accelerator(cfg: ModelConfig):
     return Accelerator(mixed_precision=mp, cpu=not gpu)
 
 
-def _pretrain_vae(imp: DepMicroDiffImputer, Y_view: np.ndarray, observed: np.ndarray, pretrain: Sequence[np.ndarray],
-                  rng: np.random.Generator) -> dict:
-    cfg = imp.cfg
-    out = {}
+def _phase_seed(seed: int, phase: str) -> int:
+    """A seed for one training phase derived from cfg.seed; hashed, so it never equals seed + replicate."""
+    return int.from_bytes(hashlib.sha256(f"depmicro:{seed}:{phase}".encode()).digest()[:4], "little")
+
+
+def train_vae_entry(cfg: ModelConfig, Y_view: np.ndarray, observed: np.ndarray, pretrain: Sequence[np.ndarray] = (),
+                    key: str | None = None) -> VaeEntry:
+    """The VAE phase on its own: pretraining on the other sets (leave-target-out), then fine-tuning on
+    the target's training view, `cfg.vae_epochs` each, on the CPU.
+
+    It reseeds every RNG from cfg.seed first and builds its own TokenVAE, so its result is a function
+    of the vae_cache_key inputs only (the same init the imputer draws: the VAE is the first module
+    built after torch.manual_seed(cfg.seed)); before, its noise continued the torch stream after the
+    DAT's initialisation, so the VAE changed with hidden_dim or n_layers, which studies search.
+    """
+    t0 = time.perf_counter()
+    _seed_all(cfg.seed)
+    vae = TokenVAE(Y_view.shape[1], cfg.latent_dim, cfg.vae_hidden)
+    rng = np.random.default_rng(cfg.seed)
+    cpu = torch.device("cpu")
+    losses = {}
     if cfg.vae_pretrain and len(pretrain):
-        out["vae_pretrain_loss"] = train_vae(imp.vae, [(P, np.ones_like(P, dtype=bool)) for P in pretrain], cfg.vae_epochs,
-                                             cfg.vae_lr, cfg.vae_beta, cfg.batch_size, cfg.train_mask_ratio, rng, imp.device)[-1:]
-    out["vae_loss"] = train_vae(imp.vae, [(Y_view, observed)], cfg.vae_epochs, cfg.vae_lr, cfg.vae_beta, cfg.batch_size,
-                                cfg.train_mask_ratio, rng, imp.device)[-1:]
+        losses["vae_pretrain_loss"] = train_vae(vae, [(P, np.ones_like(P, dtype=bool)) for P in pretrain], cfg.vae_epochs,
+                                                cfg.vae_lr, cfg.vae_beta, cfg.batch_size, cfg.train_mask_ratio, rng, cpu)[-1:]
+    losses["vae_loss"] = train_vae(vae, [(Y_view, observed)], cfg.vae_epochs, cfg.vae_lr, cfg.vae_beta, cfg.batch_size,
+                                   cfg.train_mask_ratio, rng, cpu)[-1:]
+    state = {k: v.detach().cpu().clone() for k, v in vae.state_dict().items()}
+    key = key or vae_cache_key(cfg, Y_view, observed, pretrain)
+    return VaeEntry(key=key, state=state, losses=losses, seconds=time.perf_counter() - t0)
+
+
+def cached_vae_entry(cfg: ModelConfig, Y_view: np.ndarray, observed: np.ndarray, pretrain: Sequence[np.ndarray] = (), *,
+                     cache_dir: str | Path | None = None, entries: Mapping[str, VaeEntry] | None = None) -> tuple[VaeEntry, str]:
+    """The trained VAE for these inputs and where it came from: "shared" (`entries`, e.g. shipped by a
+    study driver), "cache" (a file in `cache_dir`) or "trained" (then stored in `cache_dir`, if given).
+    A corrupt or foreign file in `cache_dir` counts as a miss and is replaced."""
+    key = vae_cache_key(cfg, Y_view, observed, pretrain)
+    if entries and key in entries:
+        return entries[key], "shared"
+    if cache_dir is not None:
+        hit = read_vae_entry(cache_dir, key)
+        if hit is not None:
+            return hit, "cache"
+    entry = train_vae_entry(cfg, Y_view, observed, pretrain, key)
+    if cache_dir is not None:
+        try:
+            save_vae_entry(entry, cache_dir)
+        except OSError:
+            pass  # an unwritable (or another node's) cache costs time, not correctness
+    return entry, "trained"
+
+
+def _pretrain_vae(imp: DepMicroDiffImputer, Y_view: np.ndarray, observed: np.ndarray, pretrain: Sequence[np.ndarray],
+                  cache_dir: str | Path | None = None, entries: Mapping[str, VaeEntry] | None = None) -> dict:
+    """Give `imp` its trained, frozen VAE (from the cache or trained now), then reseed every RNG.
+
+    Why the reseed: training the VAE draws from the global torch stream and a cache hit does not,
+    so without it the DAT's noise and dropout would depend on whether the VAE was cached. Both
+    paths reseed torch/numpy/python from a seed derived from cfg.seed right after the phase, so a hit
+    and a miss continue identically (chosen over saving RNG states in the entry: those would depend
+    on the DAT's initialisation, which is not in the key). This changed the random stream of
+    uncached training too (measured README figures predate it).
+    """
+    cfg = imp.cfg
+    entry, source = cached_vae_entry(cfg, Y_view, observed, pretrain, cache_dir=cache_dir, entries=entries)
+    imp.vae.load_state_dict(entry.state)
+    imp.vae.eval()
     for p in imp.vae.parameters():
         p.requires_grad_(False)
-    imp.set_latent_stats(Y_view, observed)
-    return out
+    imp.set_latent_stats(Y_view, observed)  # one encoding pass: cheaper to recompute than to store
+    _seed_all(_phase_seed(cfg.seed, "dat"))
+    return {**entry.losses, "source": source, "seconds": entry.seconds if source == "trained" else 0.0}
 
 
 class _Trainer:
@@ -224,8 +287,14 @@ def _better(metric: str, a: float, b: float | None) -> bool:
 # --- entry points --------------------------------------------------------------------------------
 
 def fit(cfg: ModelConfig, data: Dataset, split: Split, *, pretrain: Sequence[Dataset] = (), dep_stats=None,
-        on_epoch: OnEpoch | None = None, resume_from: str | Path | None = None, progress: bool = False) -> FitResult:
-    """Train on training_view(data, split), select by validation metrics, report test metrics once at the end."""
+        on_epoch: OnEpoch | None = None, resume_from: str | Path | None = None, progress: bool = False,
+        vae_cache_dir: str | Path | None = None, vae_entries: Mapping[str, VaeEntry] | None = None) -> FitResult:
+    """Train on training_view(data, split), select by validation metrics, report test metrics once at the end.
+
+    `vae_cache_dir` / `vae_entries`: where a VAE trained on the same inputs may already be (see
+    cached_vae_entry); a hit gives the same result as training it here. On resume the VAE comes from
+    the checkpoint and neither is read.
+    """
     t_start = time.perf_counter()
     Y = data.normalized
     if split.test.shape != Y.shape:
@@ -239,14 +308,14 @@ def fit(cfg: ModelConfig, data: Dataset, split: Split, *, pretrain: Sequence[Dat
     metadata = data.metadata_text() if cfg.use_metadata else None
     _seed_all(cfg.seed)
     imp = build_imputer(cfg, Y_view, observed, data.var_names, metadata, dep_stats)
-    rng = np.random.default_rng(cfg.seed)
     has_val = bool(split.val.any())
     history: list[dict] = []
     best: dict = {"score": None, "epoch": None, "val": None, "state": None}
     stale = 0
     start = 1
+    vae_info = {"source": "checkpoint", "seconds": 0.0}
     if resume_from is None:
-        _pretrain_vae(imp, Y_view, observed, [p.normalized for p in pretrain], rng)
+        vae_info = _pretrain_vae(imp, Y_view, observed, [p.normalized for p in pretrain], vae_cache_dir, vae_entries)
     else:
         for p in imp.vae.parameters():
             p.requires_grad_(False)
@@ -291,7 +360,8 @@ def fit(cfg: ModelConfig, data: Dataset, split: Split, *, pretrain: Sequence[Dat
     val = evaluate(Y, filled, split.val) if has_val else {}
     test = evaluate(Y, filled, split.test)
     imp.to("cpu")
-    return FitResult(imputer=imp, val=val, test=test, history=history, seconds=time.perf_counter() - t_start, epochs=epoch)
+    return FitResult(imputer=imp, val=val, test=test, history=history, seconds=time.perf_counter() - t_start, epochs=epoch,
+                     vae_source=vae_info["source"], vae_seconds=float(vae_info["seconds"]))
 
 
 def train_on_view(imp: DepMicroDiffImputer, Y: np.ndarray, observed: np.ndarray, metadata=None) -> DepMicroDiffImputer:
@@ -307,7 +377,7 @@ def train_on_view(imp: DepMicroDiffImputer, Y: np.ndarray, observed: np.ndarray,
         imp.rank = token_rank("variance", Y_view, observed)
     if cfg.use_metadata and imp.meta_dim == 0 and metadata is not None and any(metadata):
         warnings.warn("metadata given to fit() but the imputer was built without a metadata projection; ignored")
-    _pretrain_vae(imp, Y_view, observed, [], np.random.default_rng(cfg.seed))
+    _pretrain_vae(imp, Y_view, observed, [])
     trainer = _Trainer(imp, Y_view, observed, metadata)
     for _ in range(cfg.epochs):
         trainer.epoch()
