@@ -7,7 +7,6 @@ Held-out (val/test) values are never read: everything trains on `training_view(Y
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math

@@ -108,7 +108,86 @@ def prepare_data(spec: StudySpec, cache_dir: Path, log=print) -> SharedData:
             log(f"[{spec.name}] dependency statistics for {key}: {time.perf_counter() - t0:.2f}s (shared by its trials)")
         else:
             deps[key] = None
-    return SharedData(spec=spec, datasets=datasets, splits=splits, dep_stats=deps, pretrain=pretrain)
+    return SharedData(spec=spec, datasets=datasets, splits=splits, dep_stats=deps, pretrain=pretrain,
+                      cache_dir=str(cache_dir))
+
+
+def _searches_vae(spec: StudySpec) -> bool:
+    from depmicro.core.vae_cache import VAE_FIELDS
+
+    return any(k in VAE_FIELDS or k == "vae_pretrain" for k in spec.search_space)
+
+
+def _train_vae_task(cfg_dict: dict, Y_view, observed, pretrain: list, threads: int):
+    """A Ray task: one VAE phase, with the torch thread count its trials use (the same numbers)."""
+    import torch
+
+    from depmicro.core.config import config_from_dict
+    from depmicro.core.train import train_vae_entry
+
+    torch.set_num_threads(threads)
+    return train_vae_entry(config_from_dict(cfg_dict), Y_view, observed, pretrain)
+
+
+def warm_vae(spec: StudySpec, shared: SharedData, log=print) -> None:
+    """Train every VAE the study's trials will need once, before they start, and ship the states with
+    SharedData (Ray's object store) so each trial loads instead of training.
+
+    Why the object store and not only the cache directory: it reaches every worker node whether or
+    not the storage is shared, exactly like the dependency statistics. The states are also written
+    to the cache directory, so `study resume` does not retrain them. The VAE settings of a trial are
+    known ahead only when the search space leaves every VAE field alone (arms and replicates are
+    fixed); otherwise the trials fill the cache lazily (fit's vae_cache_dir). Distinct states train
+    as parallel Ray tasks with a trial's CPU share each.
+    """
+    import ray
+
+    from depmicro.core.config import config_from_dict, config_to_dict
+    from depmicro.core.protocol import training_view
+    from depmicro.core.vae_cache import read_vae_entry, save_vae_entry, vae_cache_key
+    from depmicro.studies.trainable import resolve_trial
+
+    if _searches_vae(spec):
+        log(f"[{spec.name}] VAE: the search space changes VAE settings; trials train and cache them lazily")
+        return
+    threads = max(1, int(round(spec.resources.cpu)))
+    task = ray.remote(num_cpus=spec.resources.cpu)(_train_vae_task)
+    t0 = time.perf_counter()
+    plan: dict[str, list] = {}  # data key -> [(vae key, Ray ref or None for a cache hit)]
+    for key in spec.data_keys:
+        name, _ = split_data_key(key)
+        data, split = shared.datasets[name], shared.splits[key]
+        view, obs = training_view(data.normalized, split), split.observed
+        plan[key] = []
+        for arm in spec.arms:
+            for r in range(spec.replicates):
+                cfg = config_from_dict(resolve_trial(spec, {"data": key, "arm": arm, "replicate": r}).config)
+                pre = [p.normalized for p in shared.pretrain.get(name, ())] if cfg.vae_pretrain else []
+                vkey = vae_cache_key(cfg, view, obs, pre)
+                if any(vkey == k for items in plan.values() for k, _ in items):
+                    continue
+                hit = read_vae_entry(shared.cache_dir, vkey) if shared.cache_dir else None
+                if hit is not None:
+                    shared.vae[vkey] = hit
+                    plan[key].append((vkey, None))
+                else:  # all tasks go out before any result is awaited: distinct states train in parallel
+                    plan[key].append((vkey, task.remote(config_to_dict(cfg), view, obs, pre, threads)))
+    for key, items in plan.items():
+        trained = []
+        for vkey, ref in items:
+            if ref is None:
+                continue
+            entry = ray.get(ref)
+            shared.vae[vkey] = entry
+            trained.append(entry)
+            if shared.cache_dir:
+                try:
+                    save_vae_entry(entry, shared.cache_dir)
+                except OSError:
+                    pass  # an unwritable cache costs a resume the retraining, nothing else
+        log(f"[{spec.name}] VAE for {key}: {sum(e.seconds for e in trained):.2f}s training "
+            f"({len(trained)} trained, {len(items) - len(trained)} from cache, {time.perf_counter() - t0:.2f}s so far; "
+            "shared by its trials)")
 
 
 # --- the Tuner --------------------------------------------------------------------------------
@@ -345,6 +424,7 @@ def _execute(spec: StudySpec, exp: Path, tracking_uri: str, exp_id: str, parent:
     log(f"[{spec.name}] Ray: {cluster['nodes']} node(s), {cluster['cpus']:g} CPU, {cluster['gpus']:g} GPU; "
         f"MLflow: {tracking_uri}; storage: {exp}")
     shared = prepare_data(spec, exp.parent / ".dep_cache", log)
+    warm_vae(spec, shared, log)
     if spec.baselines:
         _run_baselines(spec, shared, tracking_uri, exp_id, parent, log)
     trainable = _trainable(shared)

@@ -1,8 +1,10 @@
 """The Ray Tune trainable: one trial trains one model on one (dataset, held-out seed).
 
-Everything expensive and shared (data, splits, dependency statistics) arrives through
-`tune.with_parameters` from the driver, so a worker node needs neither the data files nor a
-dependency cache, and F/MI statistics are computed once per (dataset, seed), never per trial.
+Everything expensive and shared (data, splits, dependency statistics, trained VAE states) arrives
+through `tune.with_parameters` from the driver, so a worker node needs neither the data files nor
+a cache directory, and F/MI statistics and the VAE phase are computed once per (dataset, seed),
+never per trial. A trial whose VAE settings the driver did not train (a search over a VAE field)
+uses the cache directory lazily: the first trial with a key trains and stores it.
 
 Checkpoints: every validated epoch reports its metrics with a checkpoint directory holding
 `state/` (core fit's resumable state); a retried or resumed trial continues from it. The last
@@ -40,6 +42,8 @@ class SharedData:
     splits: dict[str, Any]                        # data key -> core Split
     dep_stats: dict[str, Any]                     # data key -> DepStats | None (None: no trial needs them)
     pretrain: dict[str, tuple] = field(default_factory=dict)  # dataset name -> pretraining Datasets
+    vae: dict[str, Any] = field(default_factory=dict)  # vae_cache_key -> core VaeEntry, trained by the driver
+    cache_dir: str | None = None  # the study's cache directory (lazy VAE entries; shared storage on a cluster)
 
 
 @dataclass(frozen=True)
@@ -149,7 +153,7 @@ def train_trial(config: dict, shared: SharedData) -> None:
 
     try:
         res = fit(cfg, data, split, pretrain=pretrain, dep_stats=shared.dep_stats.get(setup.data_key),
-                  on_epoch=on_epoch, resume_from=resume_from)
+                  on_epoch=on_epoch, resume_from=resume_from, vae_cache_dir=shared.cache_dir, vae_entries=shared.vae)
     finally:
         if restore_dir:
             shutil.rmtree(restore_dir, ignore_errors=True)
@@ -168,6 +172,8 @@ def train_trial(config: dict, shared: SharedData) -> None:
     metrics = dict(pending.get("metrics") or _last_metrics(res, best, node_id))
     metrics.update({f"test_{k}": (float(v) if k not in ("n_microbes", "n_heldout") else int(v)) for k, v in test.items()})
     metrics["seconds"] = elapsed_before + time.time() - t_start
+    metrics["vae_seconds"] = float(res.vae_seconds)  # VAE training this trial paid (0: shipped, cached or resumed)
+    metrics["vae_cached"] = int(res.vae_source in ("shared", "cache"))
     metrics.setdefault("best_val_pcc_per_microbe", float(res.val.get("pcc_per_microbe", float("nan"))) if res.val else float("nan"))
     from depmicro.core.checkpoint import save_model
 
