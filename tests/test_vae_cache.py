@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from depmicro.core.config import config_from_dict
 from depmicro.core.errors import DepmicroError
@@ -99,6 +100,7 @@ def test_key_follows_the_vae_inputs_only(sets):
     pre2[0][0, 0] += 1e-9
     assert vae_cache_key(cfg_of(), view, obs, pre2) != base
     assert vae_cache_key(cfg_of(), view, obs, []) != base
+    assert vae_cache_key(cfg_of(vae_pretrain=False), view, obs, pre) != base
     # without pretraining the pretraining sets are not read, so they are not in the key
     assert vae_cache_key(cfg_of(vae_pretrain=False), view, obs, pre) == vae_cache_key(cfg_of(vae_pretrain=False), view, obs, pre2)
 
@@ -158,3 +160,16 @@ def test_study_trials_use_the_driver_vae(quickstart_run):
     results = [json.loads(line) for f in exp.glob("*/result.json") for line in f.read_text().splitlines() if line.strip()]
     final = [r for r in results if "test_pcc" in r]
     assert final and all(r["vae_cached"] == 1 and r["vae_seconds"] == 0.0 for r in final)
+
+
+def test_driver_warms_only_when_the_search_leaves_the_vae_alone(tmp_path):
+    from depmicro.studies.runner import _searches_vae
+    from depmicro.studies.spec import load_spec
+    from tests.conftest import QUICKSTART, small_study
+
+    assert not _searches_vae(load_spec(QUICKSTART))
+    path = small_study(tmp_path, "vae_search")
+    raw = yaml.safe_load(path.read_text())
+    raw["search_space"]["vae_epochs"] = {"type": "choice", "values": [2, 3]}
+    path.write_text(yaml.safe_dump(raw))
+    assert _searches_vae(load_spec(path))
