@@ -117,12 +117,18 @@ class DepMicroDiffImputer:
 
     # --- training --------------------------------------------------------------------------------
     def loss(self, y: torch.Tensor, obs: torch.Tensor, meta: torch.Tensor | None, has: torch.Tensor | None,
-             rng: np.random.Generator) -> torch.Tensor:
+             rng: np.random.Generator, target: np.ndarray | None = None, t_fixed: int | None = None) -> torch.Tensor:
         """Epsilon-prediction loss on CSDI-style re-masked observed entries, all AR steps at once,
-        each step with its own timestep (the paper's base strategy)."""
+        each step with its own timestep (the paper's base strategy).
+
+        Diagnostics: `target` (a subset of `obs`) fixes which entries are denoised instead of drawing
+        them (a held-out denoising loss); `t_fixed` puts every target in one AR step at that timestep.
+        At t_fixed = T - 1 the input is pure noise and, with the x0 head and the default weights,
+        the loss is the mean squared error of the predicted x0: how well the DAT regresses the
+        missing latents, against the encoder's estimate (x0 = 0) before training."""
         cfg, dev = self.cfg, y.device
         obs_np = obs.cpu().numpy()
-        target_np = corrupt(obs_np, y.cpu().numpy(), cfg.train_mask_ratio, rng)
+        target_np = corrupt(obs_np, y.cpu().numpy(), cfg.train_mask_ratio, rng) if target is None else np.asarray(target, dtype=bool) & obs_np
         target = torch.as_tensor(target_np, device=dev)
         cond = obs & ~target
         y = y * obs.float()
@@ -130,11 +136,15 @@ class DepMicroDiffImputer:
             mu_full, _ = self.vae.encode(y, obs, ctx_m=cond)
             z0 = self._norm(mu_full)
         z_c, cond_tok = self._condition(y, cond, meta, has)
-        step = torch.as_tensor(train_steps(target_np, self.rank, cfg.ar_decay, rng), device=dev)
+        steps = target_np.astype(np.int64) if t_fixed is not None else train_steps(target_np, self.rank, cfg.ar_decay, rng)
+        step = torch.as_tensor(steps, device=dev)
         idx_np, valid_np = gather_index(target_np)
         idx, valid = torch.as_tensor(idx_np, device=dev), torch.as_tensor(valid_np, device=dev)
-        t_step = torch.as_tensor(rng.integers(0, cfg.timesteps, size=(y.shape[0], self.D + 1)), device=dev)
-        t = torch.gather(t_step, 1, torch.gather(step, 1, idx))  # each AR step its own timestep
+        if t_fixed is not None:
+            t = torch.full(idx.shape, int(t_fixed), device=dev, dtype=torch.long)
+        else:
+            t_step = torch.as_tensor(rng.integers(0, cfg.timesteps, size=(y.shape[0], self.D + 1)), device=dev)
+            t = torch.gather(t_step, 1, torch.gather(step, 1, idx))  # each AR step its own timestep
         gi = idx[..., None].expand(-1, -1, z0.shape[-1])
         hint = torch.gather(z_c, 1, gi)
         x0 = torch.gather(z0, 1, gi) - (hint if cfg.residual_diffusion else 0.0)
@@ -189,6 +199,23 @@ class DepMicroDiffImputer:
             upd = torch.zeros_like(z_gen).scatter_add(1, gi, x * valid.float()[..., None])  # padding adds 0
             z_gen = z_gen + upd
         return self.vae.decode(self._denorm(z_gen)).clamp(min=0)
+
+    @torch.no_grad()
+    def encoder_impute(self, Y: np.ndarray, observed: np.ndarray) -> np.ndarray:
+        """The VAE alone: decode the encoder's m-latent of the masked profile, no diffusion.
+
+        Why: with residual diffusion and a zero-initialized x0 head, an untrained DAT reproduces exactly
+        this estimate, so it is the reference the DAT has to beat (tests/bench/dat_epochs.py)."""
+        Y, observed = np.asarray(Y, dtype=np.float64), np.asarray(observed, dtype=bool)
+        self.net.eval()
+        yv = np.where(observed, np.nan_to_num(Y), 0.0).astype(np.float32)
+        out = []
+        for i in range(0, len(Y), INFER_BATCH):
+            y = torch.as_tensor(yv[i : i + INFER_BATCH], device=self.device)
+            m = torch.as_tensor(observed[i : i + INFER_BATCH], device=self.device)
+            mu, _ = self.vae.encode(y * m.float(), m)
+            out.append(self.vae.decode(mu).clamp(min=0).cpu().numpy())
+        return keep_observed(Y, observed, np.concatenate(out).astype(np.float64))
 
     def impute(self, Y: np.ndarray, observed: np.ndarray, metadata: Sequence[str | None] | None = None,
                seed: int | None = None) -> np.ndarray:

@@ -39,6 +39,9 @@ class EpochReport:
     val: dict[str, float]
     seconds: float
     _saver: Callable[[Path], None] | None = field(default=None, repr=False, compare=False)
+    # the live model after this epoch (eval mode; not the best-so-far), for hooks that evaluate more than
+    # validation metrics (tests/bench/dat_epochs.py). Read it, do not keep or train it.
+    model: DepMicroDiffImputer | None = field(default=None, repr=False, compare=False)
 
     def save_checkpoint(self, directory: str | Path) -> None:
         """Full resumable state (model, optimizer, epoch, RNG, best-so-far) that is also a loadable model."""
@@ -342,7 +345,8 @@ def fit(cfg: ModelConfig, data: Dataset, split: Split, *, pretrain: Sequence[Dat
         rec = {"epoch": epoch, "train_loss": loss, "val": val, "seconds": time.perf_counter() - t0}
         history.append(rec)
         ep, b, h, s = epoch, dict(best), list(history), stale
-        report = EpochReport(epoch, loss, val, rec["seconds"], lambda d, ep=ep, b=b, h=h, s=s: _save_checkpoint(trainer, d, ep, b, h, s))
+        report = EpochReport(epoch, loss, val, rec["seconds"], lambda d, ep=ep, b=b, h=h, s=s: _save_checkpoint(trainer, d, ep, b, h, s),
+                             model=imp)
         if progress:  # stderr, so stdout stays clean for --json
             import sys
 

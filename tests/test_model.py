@@ -288,3 +288,42 @@ def test_pretraining_is_leave_target_out(monkeypatch):
     seen.clear()
     fit(cfg_of(vae_pretrain=False), ds, split, pretrain=[other])
     assert seen == [[(60, 8)]]
+
+
+def test_untrained_dat_reproduces_the_encoder_estimate():
+    """Residual diffusion + zero-initialized x0 head: before the DAT learns anything, every sampler
+    returns the VAE's own estimate. That estimate is the bar the DAT must beat (tests/bench/dat_epochs.py)."""
+    Y = Dataset(counts=small_counts(), obs_names=[], var_names=[]).normalized
+    obs = make_split(Y, seed=3).observed
+    imp = DepMicroDiffImputer(cfg_of(sampling="fractional", sampling_fraction=10, sampler_eta=1.0, infer_ar_steps=2), Y.shape[1])
+    with torch.no_grad():  # a VAE that is not the identity, so the estimate is not trivial
+        for p in imp.vae.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    enc = imp.encoder_impute(Y, obs)
+    np.testing.assert_array_equal(enc[obs], Y[obs])
+    assert np.abs(enc[~obs]).max() > 0
+    np.testing.assert_allclose(imp.impute(Y, obs), enc, atol=1e-5)
+    with torch.no_grad():
+        imp.dat.out.bias.fill_(0.5)  # a DAT that proposes a nonzero residual moves the estimate
+    assert np.abs(imp.impute(Y, obs) - enc).max() > 1e-2
+
+
+def test_loss_on_given_targets_is_a_heldout_denoising_loss():
+    Y = Dataset(counts=small_counts(), obs_names=[], var_names=[]).normalized
+    split = make_split(Y, seed=4)
+    imp = DepMicroDiffImputer(cfg_of(), Y.shape[1])
+    with torch.no_grad():
+        imp.dat.out.bias.fill_(0.3)
+    seen = split.observed | split.val
+    y = torch.as_tensor(np.where(seen, Y, 0.0), dtype=torch.float32)
+    m = torch.as_tensor(seen)
+    args = (y, m, None, torch.zeros(len(Y), dtype=torch.bool))
+    none = imp.loss(*args, np.random.default_rng(0), target=np.zeros_like(seen))
+    assert float(none) == 0.0  # no target, nothing to denoise
+    def loss(target):
+        torch.manual_seed(0)  # the diffusion noise comes from torch's stream, the timesteps from rng
+        return imp.loss(*args, np.random.default_rng(0), target=target)
+
+    a, b = loss(split.val), loss(split.val)
+    c = loss(split.test)  # not in `seen`: ignored -> no targets
+    assert float(a) == float(b) > 0 and float(c) == 0.0
