@@ -326,4 +326,4 @@ def test_loss_on_given_targets_is_a_heldout_denoising_loss():
 
     a, b = loss(split.val), loss(split.val)
     c = loss(split.test)  # not in `seen`: ignored -> no targets
-    assert float(a) == float(b) > 0 and float(c) == 0.0
+    assert a == b > 0 and c == 0.0
