@@ -30,7 +30,7 @@ from depmicro.studies.trainable import EPOCH_KEYS, FINAL_FILE, resolve_trial
 
 MAX_PARAM_CHARS = 6000
 FINAL_KEYS = ("test_pcc", "test_cos", "test_rmse", "test_mae", "test_pcc_per_microbe", "test_n_microbes",
-              "test_n_heldout", "best_val_pcc_per_microbe", "seconds")
+              "test_n_heldout", "best_val_pcc_per_microbe", "seconds", "vae_seconds", "vae_cached")
 TERMINAL = ("TERMINATED", "ERROR", "STOPPED")
 
 

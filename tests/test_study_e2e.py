@@ -38,6 +38,7 @@ def test_status_shows_every_trial(quickstart_run, capsys):
         assert "val_pcc_per_microbe" in t["metrics"]
         if t["status"] == "TERMINATED":
             assert set(FINAL_KEYS) <= set(t["metrics"])
+            assert t["metrics"]["vae_cached"] == 1 and t["metrics"]["vae_seconds"] == 0  # the driver trained the VAE once
     assert any(t["status"] == "TERMINATED" for t in st["trials"])
     # the human table lists each trial id on its own line
     main(["study", "status", r["name"], "--tracking-uri", r["uri"], "--storage", str(r["storage"])])
