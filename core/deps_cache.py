@@ -19,6 +19,7 @@ import numpy as np
 from depmicro.core import deps
 from depmicro.core.atomic import atomic_path
 from depmicro.core.deps import DepSettings, DepStats
+from depmicro.core.content_hash import update_with_matrix
 from depmicro.core.errors import DepmicroError
 
 NPZ_FORMAT = "depmicro-deps/1"
@@ -69,13 +70,9 @@ def dep_stats_from_npz(path: str | Path) -> DepStats:
 
 def cache_key(Y: np.ndarray, settings: DepSettings = DepSettings(), order: np.ndarray | None = None) -> str:
     """sha256 of the values, the NaN (held-out) pattern, the shape, the settings and the order."""
-    Y = np.ascontiguousarray(Y, dtype=np.float64)
-    nan = np.isnan(Y)
     h = hashlib.sha256()
     h.update(NPZ_FORMAT.encode())
-    h.update(json.dumps(list(Y.shape)).encode())
-    h.update(np.packbits(nan).tobytes())
-    h.update(np.where(nan, 0.0, Y).tobytes())  # NaN payload bits must not matter
+    update_with_matrix(h, Y)
     h.update(json.dumps(asdict(settings), sort_keys=True).encode())
     h.update(b"order:" + (b"none" if order is None else np.ascontiguousarray(order, dtype=np.int64).tobytes()))
     return h.hexdigest()

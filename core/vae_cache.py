@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from depmicro.core.atomic import atomic_path
+from depmicro.core.content_hash import update_with_matrix
 from depmicro.core.errors import DepmicroError
 
 FORMAT = "depmicro-vae/1"
@@ -48,14 +49,6 @@ def vae_settings(cfg) -> dict:
     return {k: getattr(cfg, k) for k in VAE_FIELDS}
 
 
-def _hash_matrix(h, Y: np.ndarray) -> None:
-    Y = np.ascontiguousarray(Y, dtype=np.float64)
-    nan = np.isnan(Y)
-    h.update(json.dumps(list(Y.shape)).encode())
-    h.update(np.packbits(nan).tobytes())
-    h.update(np.where(nan, 0.0, Y).tobytes())  # NaN payload bits must not matter
-
-
 def vae_cache_key(cfg, Y_view: np.ndarray, observed: np.ndarray, pretrain: Sequence[np.ndarray] = ()) -> str:
     """sha256 of the VAE settings, the training view (values and NaN pattern), the observed mask and
     the pretraining matrices the phase actually uses (none when cfg.vae_pretrain is off)."""
@@ -64,12 +57,12 @@ def vae_cache_key(cfg, Y_view: np.ndarray, observed: np.ndarray, pretrain: Seque
     h.update(FORMAT.encode())
     h.update(torch.__version__.encode())
     h.update(json.dumps(vae_settings(cfg), sort_keys=True).encode())
-    _hash_matrix(h, Y_view)
+    update_with_matrix(h, Y_view)
     obs = np.ascontiguousarray(observed, dtype=bool)
     h.update(json.dumps(list(obs.shape)).encode() + np.packbits(obs).tobytes())
     h.update(f"pretrain:{len(used)}".encode())
     for P in used:
-        _hash_matrix(h, P)
+        update_with_matrix(h, P)
     return h.hexdigest()
 
 
