@@ -154,6 +154,7 @@ def warm_vae(spec: StudySpec, shared: SharedData, log=print) -> None:
     task = ray.remote(num_cpus=spec.resources.cpu)(_train_vae_task)
     t0 = time.perf_counter()
     plan: dict[str, list] = {}  # data key -> [(vae key, Ray ref or None for a cache hit)]
+    planned: set[str] = set()
     for key in spec.data_keys:
         name, _ = split_data_key(key)
         data, split = shared.datasets[name], shared.splits[key]
@@ -164,8 +165,9 @@ def warm_vae(spec: StudySpec, shared: SharedData, log=print) -> None:
                 cfg = config_from_dict(resolve_trial(spec, {"data": key, "arm": arm, "replicate": r}).config)
                 pre = [p.normalized for p in shared.pretrain.get(name, ())] if cfg.vae_pretrain else []
                 vkey = vae_cache_key(cfg, view, obs, pre)
-                if any(vkey == k for items in plan.values() for k, _ in items):
+                if vkey in planned:
                     continue
+                planned.add(vkey)
                 hit = read_vae_entry(shared.cache_dir, vkey) if shared.cache_dir else None
                 if hit is not None:
                     shared.vae[vkey] = hit

@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -108,7 +109,7 @@ def main() -> None:
             row[f"val_pcc_per_microbe_median_of_{args.samples}"] = round(evaluate(Y, filled, split.val)["pcc_per_microbe"], 4)
         row["seconds"] = round(time.perf_counter() - t0, 1)
         rows.append(row)
-        print(json.dumps(row), file=__import__("sys").stderr, flush=True)
+        print(json.dumps(row), file=sys.stderr, flush=True)
 
     res = fit(cfg, data, split, pretrain=pretrain, on_epoch=on_epoch, vae_cache_dir=args.vae_cache)
     print(json.dumps({
