@@ -20,7 +20,7 @@ import pandas as pd
 
 from depmicro.analysis.runs import METRICS, StudyRuns, load_study
 from depmicro.core.errors import DepmicroError
-from depmicro.core.manifest import MANIFEST
+from depmicro.core.io.manifest import MANIFEST
 
 DEFAULT_METRIC = "best_val_pcc_per_microbe"
 PYFUNC_CODE = Path(__file__).with_name("pyfunc.py")
@@ -72,7 +72,7 @@ def export(study_name: str, out: str | Path, tracking_uri: str | None = None, me
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from depmicro.core.checkpoint import atomic_dir, load_model
+    from depmicro.core.model.bundle import atomic_dir, load_model
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -151,9 +151,9 @@ def replay(bundle: str | Path, data, metadata: str | Path | None = None) -> dict
     seed (provenance.json) and the config's ratios, impute the training view, score split.test.
     Equal to the run's test_* metrics when the bundle is the model the trial reported on.
     `data` is a path (read with load_dataset) or a core.data.Dataset already loaded."""
-    from depmicro.core.checkpoint import load_model
+    from depmicro.core.model.bundle import load_model
     from depmicro.core.data import load_dataset
-    from depmicro.core.protocol import evaluate, make_split, training_view
+    from depmicro.core.data.evaluation import evaluate, make_split, training_view
 
     bundle = Path(bundle)
     imp = load_model(bundle)

@@ -49,7 +49,7 @@ class BundleImputer(mlflow.pyfunc.PythonModel):
     """The pyfunc face of a bundle: artifacts["bundle"] is the exported directory."""
 
     def load_context(self, context) -> None:
-        from depmicro.core.checkpoint import load_model
+        from depmicro.core.model.bundle import load_model
 
         self.imputer = load_model(context.artifacts["bundle"])
         self.zeros_missing = bool((context.model_config or {}).get("zeros_missing", False))

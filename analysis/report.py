@@ -15,7 +15,7 @@ import pandas as pd
 from depmicro.analysis import figures, importance, stats, tables
 from depmicro.analysis.runs import StudyRuns, base_arms, configs, load_study, per_microbe, results
 from depmicro.core.errors import DepmicroError
-from depmicro.core.atomic import atomic_write_text
+from depmicro.core.io.atomic import atomic_write_text
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;font-size:12px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right;white-space:nowrap}

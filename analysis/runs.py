@@ -55,7 +55,7 @@ def base_arms(study: StudyRuns) -> list[str]:
     """Ablation arms that repeat the study's base configuration (e.g. `ar_decay=0.9` when the base
     has ar_decay 0.9): the full model the other arms are ablations of. Read from the flattened
     spec on the parent run (`base_config.<field>` params)."""
-    from depmicro.core.config import ModelConfig, config_to_dict
+    from depmicro.core.model.config import ModelConfig, config_to_dict
 
     if study.parent is None or study.trials.empty:
         return []
@@ -94,7 +94,7 @@ def set_tracking(uri: str | None) -> str:
 
 def _typed_params(df: pd.DataFrame) -> pd.DataFrame:
     """MLflow stores params as strings; give each config field its dataclass type back."""
-    from depmicro.core.config import ModelConfig
+    from depmicro.core.model.config import ModelConfig
 
     types = {f.name: (f.type if isinstance(f.type, str) else f.type.__name__) for f in fields(ModelConfig)}
     out = {}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from depmicro.analysis.runs import LOWER_IS_BETTER, METRICS
-from depmicro.core.atomic import atomic_write_text
+from depmicro.core.io.atomic import atomic_write_text
 
 
 def summary(results: pd.DataFrame, metrics: tuple[str, ...] = METRICS) -> pd.DataFrame:

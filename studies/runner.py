@@ -51,7 +51,7 @@ def experiment_dir(name: str, storage: str | os.PathLike | None) -> Path:
 # --- data, built once on the driver -----------------------------------------------------------
 
 def _needs_dep_stats(spec: StudySpec) -> bool:
-    from depmicro.core.config import config_from_dict
+    from depmicro.core.model.config import config_from_dict
 
     base = config_from_dict(spec.base_config)
     modes = {base.dep_mask_mode} | set(spec.ablate.get("dep_mask_mode", []))
@@ -67,7 +67,7 @@ def load_study_dataset(ds) -> Any:
     from depmicro.core.data import load_dataset
 
     if ds.path == SYNTHETIC:
-        from depmicro.core.synthetic import make_synthetic
+        from depmicro.core.data.synthetic import make_synthetic
 
         try:
             out = make_synthetic(**ds.synthetic)
@@ -84,7 +84,7 @@ def load_study_dataset(ds) -> Any:
 def prepare_data(spec: StudySpec, cache_dir: Path, log=print) -> SharedData:
     """Load every set, draw the held-out masks, and compute dependency statistics once per (set, seed)."""
     from depmicro.core.data import check_same_taxa, load_dataset
-    from depmicro.core.protocol import make_split, training_view
+    from depmicro.core.data.evaluation import make_split, training_view
 
     datasets, pretrain, splits, deps = {}, {}, {}, {}
     need = _needs_dep_stats(spec)
@@ -113,7 +113,7 @@ def prepare_data(spec: StudySpec, cache_dir: Path, log=print) -> SharedData:
 
 
 def _searches_vae(spec: StudySpec) -> bool:
-    from depmicro.core.vae_cache import VAE_FIELDS
+    from depmicro.core.train.vae_phase import VAE_FIELDS
 
     return any(k in VAE_FIELDS or k == "vae_pretrain" for k in spec.search_space)
 
@@ -122,7 +122,7 @@ def _train_vae_task(cfg_dict: dict, Y_view, observed, pretrain: list, threads: i
     """A Ray task: one VAE phase, with the torch thread count its trials use (the same numbers)."""
     import torch
 
-    from depmicro.core.config import config_from_dict
+    from depmicro.core.model.config import config_from_dict
     from depmicro.core.train import train_vae_entry
 
     torch.set_num_threads(threads)
@@ -142,9 +142,9 @@ def warm_vae(spec: StudySpec, shared: SharedData, log=print) -> None:
     """
     import ray
 
-    from depmicro.core.config import config_from_dict, config_to_dict
-    from depmicro.core.protocol import training_view
-    from depmicro.core.vae_cache import read_vae_entry, save_vae_entry, vae_cache_key
+    from depmicro.core.model.config import config_from_dict, config_to_dict
+    from depmicro.core.data.evaluation import training_view
+    from depmicro.core.train.vae_phase import read_vae_entry, save_vae_entry, vae_cache_key
     from depmicro.studies.trainable import resolve_trial
 
     if _searches_vae(spec):
@@ -321,7 +321,7 @@ def _fmt(v: Any) -> str:
 # --- commands ---------------------------------------------------------------------------------
 
 def _write_state(exp: Path, state: dict) -> None:
-    from depmicro.core.atomic import atomic_write_text
+    from depmicro.core.io.atomic import atomic_write_text
 
     exp.mkdir(parents=True, exist_ok=True)
     atomic_write_text(exp / STATE_FILE, json.dumps(state, indent=2))
@@ -340,8 +340,8 @@ def _read_state(exp: Path) -> dict:
 def _run_baselines(spec: StudySpec, shared: SharedData, tracking_uri: str, exp_id: str, parent: str, log) -> None:
     import numpy as np
 
-    from depmicro.core.baselines import impute_with_baseline
-    from depmicro.core.protocol import evaluate, per_microbe_pcc
+    from depmicro.core.data.baselines import impute_with_baseline
+    from depmicro.core.data.evaluation import evaluate, per_microbe_pcc
     from depmicro.studies.tracking import client_for, find_runs, log_baseline
 
     client = client_for(tracking_uri)

@@ -120,7 +120,7 @@ class StudySpec:
         return self.num_samples * grid * len(self.arms) * len(self.data_keys) * self.replicates
 
     def max_epochs(self) -> int:
-        from depmicro.core.config import config_from_dict
+        from depmicro.core.model.config import config_from_dict
 
         epochs = [config_from_dict(self.base_config).epochs]
         if "epochs" in self.search_space:
@@ -175,7 +175,7 @@ def load_spec(path: str | os.PathLike) -> StudySpec:
 
 def spec_from_dict(raw: Any, base_dir: str | os.PathLike = ".", source: str | None = None) -> StudySpec:
     """Validate a parsed study mapping. Relative paths are resolved against `base_dir`."""
-    from depmicro.core.config import ModelConfig
+    from depmicro.core.model.config import ModelConfig
 
     base_dir = Path(base_dir)
     if not isinstance(raw, dict):
@@ -352,7 +352,7 @@ def _base_config(v: Any, base_dir: Path) -> dict:
     """`base_config: configs/tiny.yaml`, or a mapping of overrides with an optional `file` key."""
     import yaml
 
-    from depmicro.core.config import config_from_dict, config_to_dict
+    from depmicro.core.model.config import config_from_dict, config_to_dict
 
     if isinstance(v, str):
         v = {"file": v}
@@ -503,7 +503,7 @@ def _baselines(v: Any) -> list[str]:
 
 def _check_configs(spec: StudySpec) -> None:
     """Every value a trial can get must make a valid ModelConfig: fail now, not in trial 37 at 3 a.m."""
-    from depmicro.core.config import config_from_dict
+    from depmicro.core.model.config import config_from_dict
 
     def check(over: dict, where: str) -> None:
         try:

@@ -341,7 +341,7 @@ def _first_error_line(trial) -> str:
 
 def study_status(study: str, tracking_uri: str) -> dict:
     """The study as MLflow records it: parent run state, every trial run, baselines."""
-    from depmicro.core.config import config_from_dict, config_to_dict
+    from depmicro.core.model.config import config_from_dict, config_to_dict
 
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
         raise DepmicroError(f"no study {study!r}: no MLflow database at {tracking_uri} (run it, or pass --tracking-uri)")

@@ -63,7 +63,7 @@ def data_combos(spec: StudySpec) -> list[tuple[str, int]]:
 
 def resolve_trial(spec: StudySpec, config: dict) -> TrialSetup:
     """Tune's flat trial config -> the trial's data, arm and full validated ModelConfig."""
-    from depmicro.core.config import config_from_dict, config_to_dict
+    from depmicro.core.model.config import config_from_dict, config_to_dict
     from depmicro.studies.spec import split_data_key
 
     if TRIAL_INDEX in config and "data" not in config:
@@ -99,8 +99,8 @@ def train_trial(config: dict, shared: SharedData) -> None:
     import torch
     from ray import tune
 
-    from depmicro.core.config import config_from_dict
-    from depmicro.core.protocol import evaluate, per_microbe_pcc, training_view
+    from depmicro.core.model.config import config_from_dict
+    from depmicro.core.data.evaluation import evaluate, per_microbe_pcc, training_view
     from depmicro.core.train import fit
 
     spec = shared.spec
@@ -175,7 +175,7 @@ def train_trial(config: dict, shared: SharedData) -> None:
     metrics["vae_seconds"] = float(res.vae_seconds)  # VAE training this trial paid (0: shipped, cached or resumed)
     metrics["vae_cached"] = int(res.vae_source in ("shared", "cache"))
     metrics.setdefault("best_val_pcc_per_microbe", float(res.val.get("pcc_per_microbe", float("nan"))) if res.val else float("nan"))
-    from depmicro.core.checkpoint import save_model
+    from depmicro.core.model.bundle import save_model
 
     save_model(res.imputer, d / "best_model")
     nan_to_none = lambda a: [None if not np.isfinite(x) else float(x) for x in a]  # noqa: E731

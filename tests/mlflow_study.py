@@ -41,7 +41,7 @@ def other_metrics(ppm: float) -> dict[str, float]:
 
 
 def tiny_config(seed: int, ar_decay: float):
-    from depmicro.core.config import config_from_dict
+    from depmicro.core.model.config import config_from_dict
 
     return config_from_dict({"latent_dim": 2, "vae_hidden": 8, "hidden_dim": 8, "n_layers": 1, "n_heads": 2,
                              "timesteps": 20, "sampling_fraction": 5, "use_metadata": False, "seed": seed,
@@ -49,7 +49,7 @@ def tiny_config(seed: int, ar_decay: float):
 
 
 def tiny_model(seed: int, ar_decay: float):
-    from depmicro.core.diffimputer import DepMicroDiffImputer
+    from depmicro.core.model.imputer import DepMicroDiffImputer
 
     rng = np.random.default_rng(seed)
     dep = rng.random((N_TAXA, N_TAXA)) < 0.3
@@ -72,8 +72,8 @@ def log_study(root: Path) -> dict:
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
-    from depmicro.core.checkpoint import save_model
-    from depmicro.core.config import config_to_dict
+    from depmicro.core.model.bundle import save_model
+    from depmicro.core.model.config import config_to_dict
 
     root = Path(root)
     uri = f"sqlite:///{root / 'mlflow.db'}"

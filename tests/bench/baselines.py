@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from depmicro.core.baselines import BASELINES, impute_with_baseline
+from depmicro.core.data.baselines import BASELINES, impute_with_baseline
 from depmicro.core.data import load_dataset
-from depmicro.core.protocol import evaluate, make_split
+from depmicro.core.data.evaluation import evaluate, make_split
 
 TCMA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tcma"
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from depmicro.core.baselines import BASELINES, impute_with_baseline
-from depmicro.core.config import load_config
+from depmicro.core.data.baselines import BASELINES, impute_with_baseline
+from depmicro.core.model.config import load_config
 from depmicro.core.data import load_dataset
-from depmicro.core.protocol import evaluate, make_split
+from depmicro.core.data.evaluation import evaluate, make_split
 from depmicro.core.train import fit
 
 REPO = Path(__file__).resolve().parents[2]

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from depmicro.core.config import load_config
+from depmicro.core.model.config import load_config
 from depmicro.core.data import load_dataset
-from depmicro.core.protocol import evaluate, make_split, training_view
+from depmicro.core.data.evaluation import evaluate, make_split, training_view
 from depmicro.core.train import fit
 
 ROOT = Path(__file__).resolve().parents[2]

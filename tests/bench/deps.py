@@ -98,7 +98,7 @@ def bench_matrix(name: str, Y: np.ndarray, f_pairs: int, mi_pairs: int, repeats:
                       "mi_spearman_vs_sklearn": round(float(spearmanr(ref_mi, [mi[i, j] for i, j in mp])[0]), 3)},
     }
     if ksg:  # one run: all pairs cost about a minute here; [i, j] with i < j sees sklearn's seed-0 jitter exactly
-        from depmicro.core.deps_ksg import ksg_mutual_information
+        from depmicro.core.deps.ksg import ksg_mutual_information
 
         t0 = time.perf_counter()
         K = ksg_mutual_information(Y, seed=0, device="cpu")

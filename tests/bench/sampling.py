@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from depmicro.core.config import load_config
+from depmicro.core.model.config import load_config
 from depmicro.core.data import load_dataset
-from depmicro.core.protocol import evaluate, make_split, training_view
+from depmicro.core.data.evaluation import evaluate, make_split, training_view
 from depmicro.core.train import fit
 
 REPO = Path(__file__).resolve().parents[2]

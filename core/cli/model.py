@@ -1,0 +1,121 @@
+"""`depmicro train` and `depmicro impute`. Heavy imports stay inside the handlers so that
+`depmicro --help` stays fast."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from depmicro.core.cli import add_command
+from depmicro.core.errors import DepmicroError
+
+
+def _cmd_train(args: argparse.Namespace) -> dict:
+    from depmicro.core.model.bundle import save_model
+    from depmicro.core.model.config import load_config
+    from depmicro.core.data import check_same_taxa, load_dataset
+    from depmicro.core.data.evaluation import make_split
+    from depmicro.core.train import fit
+
+    overrides = list(args.set or [])
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    cfg = load_config(args.config, overrides)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise DepmicroError(f"{out}: exists and is not a directory")
+    ds = load_dataset(args.data, metadata=args.metadata)
+    pretrain = [load_dataset(p) for p in (args.pretrain or [])]
+    if pretrain:
+        check_same_taxa([ds, *pretrain])
+    split = make_split(ds.normalized, seed=cfg.seed, test_ratio=cfg.test_ratio, val_ratio=cfg.val_ratio)
+    res = fit(cfg, ds, split, pretrain=pretrain, progress=sys.stderr.isatty())
+    save_model(res.imputer, out)
+    return {"val": res.val, "test": res.test, "seconds": round(res.seconds, 3), "epochs": res.epochs,
+            "dataset": ds.name, "seed": cfg.seed, "model": str(out)}
+
+
+def _write_table(path: Path, values, obs_names, var_names, observed) -> None:
+    """Write next to the target and rename, so a failure never leaves half a file."""
+    import numpy as np
+    import pandas as pd
+
+    suffix = path.suffix.lower()
+    if suffix not in (".h5ad", ".csv", ".tsv"):
+        raise DepmicroError(f"{path}: output must end in .h5ad, .csv or .tsv")
+    if not path.parent.is_dir():
+        raise DepmicroError(f"{path.parent}: output directory does not exist")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    try:
+        if suffix == ".h5ad":
+            import anndata as ad
+
+            adata = ad.AnnData(X=np.asarray(values, dtype=np.float64),
+                               obs=pd.DataFrame(index=[str(s) for s in obs_names]),
+                               var=pd.DataFrame(index=[str(v) for v in var_names]))
+            adata.layers["observed"] = observed.astype(np.uint8)
+            adata.uns["depmicro"] = {"space": "log10(100 * counts / rowsum + 1) (Eq. 10-11)"}
+            adata.write_h5ad(tmp)
+        else:
+            pd.DataFrame(values, index=obs_names, columns=var_names).to_csv(tmp, sep="," if suffix == ".csv" else "\t")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _cmd_impute(args: argparse.Namespace) -> dict:
+    import numpy as np
+
+    from depmicro.core.model.bundle import load_model
+    from depmicro.core.data import load_dataset
+    from depmicro.core.io.manifest import verify_manifest
+
+    t0 = time.perf_counter()
+    model_dir = Path(args.model)
+    if not model_dir.is_dir():
+        raise DepmicroError(f"{model_dir}: no such model directory")
+    verify_manifest(model_dir)  # refuses a bundle without a manifest, or one that does not match it
+    out = Path(args.out)
+    if out.suffix.lower() not in (".h5ad", ".csv", ".tsv"):
+        raise DepmicroError(f"{out}: output must end in .h5ad, .csv or .tsv")
+    imp = load_model(model_dir)
+    ds = load_dataset(args.data, metadata=args.metadata, allow_missing=True)
+    if ds.var_names != imp.var_names:
+        diff = sorted(set(ds.var_names) ^ set(imp.var_names))
+        what = f"{len(diff)} taxa differ (e.g. {diff[0]!r})" if diff else "same taxa in a different order"
+        raise DepmicroError(f"{args.data}: taxa do not match the model's ({what})")
+    missing = ds.missing if ds.missing is not None else np.zeros(ds.counts.shape, dtype=bool)
+    if args.zeros:
+        missing = missing | (ds.counts == 0)
+    observed = ~missing
+    # rows are normalized over their observed counts: the mass of the missing entries is unknown
+    Y = ds.normalized
+    filled = imp.impute(Y, observed, ds.metadata_text() if imp.cfg.use_metadata else None)
+    _write_table(out, filled, ds.obs_names, ds.var_names, observed)
+    return {"out": str(out), "n_samples": ds.n_samples, "n_taxa": ds.n_taxa, "n_imputed": int(missing.sum()),
+            "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = add_command(sub, "train", _cmd_train, "train DepMicroDiff under the held-out protocol; prints val and test metrics")
+    p.add_argument("config", help="YAML model config (e.g. studies/configs/tiny.yaml)")
+    p.add_argument("--data", required=True, help="target data set (.h5ad, .csv or .tsv counts)")
+    p.add_argument("--metadata", help="per-sample metadata table (first column: sample id)")
+    p.add_argument("--pretrain", nargs="*", default=[], help="other data sets with the same taxa for VAE pretraining")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
+    p.add_argument("--seed", type=int, help="seed of the model and of the held-out masks (overrides the config)")
+    p.add_argument("--out", required=True, help="model directory to write (built aside, then renamed into place)")
+    p.set_defaults(command="train")
+
+    p = add_command(sub, "impute", _cmd_impute, "fill missing entries (NaN/empty cells, or zeros with --zeros) with a trained model")
+    p.add_argument("--model", required=True, help="model directory written by `depmicro train`")
+    p.add_argument("--data", required=True, help="counts with missing entries as NaN/empty cells")
+    p.add_argument("--metadata", help="per-sample metadata table (first column: sample id)")
+    p.add_argument("--out", required=True, help="output .h5ad, .csv or .tsv (normalized space, Eq. 10-11)")
+    p.add_argument("--zeros", action="store_true", help="also treat every zero count as missing")
+    p.set_defaults(command="impute")

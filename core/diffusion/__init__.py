@@ -1,0 +1,1 @@
+"""The diffusion algorithm, apart from the network: noise schedule and samplers' timestep plans."""

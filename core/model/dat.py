@@ -1,0 +1,166 @@
+"""The Dependency-Aware Transformer (Section IV-f/g) and the DepMicroDiff network around it.
+
+Layout of one sequence, in microbe index order (the AR order lives in the per-token step ids):
+[2 condition tokens][D clean tokens][D noisy tokens]. Condition tokens: the metadata embedding
+(or a learned null token) and a summary of the observed latent m0^c (Eq. 2), optionally with the
+row's unobserved relative mass. Every clean and noisy token carries its microbe's position
+embedding and its own observed value/flag; noisy tokens also carry their own timestep embedding.
+Attention is scaled_dot_product_attention with the boolean mask of `masks.step_attention`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from depmicro.core.model.ar import step_attention
+
+N_COND = 2
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[..., None] * freqs
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    return F.pad(emb, (0, dim % 2))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, dropout: float):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.ln1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.ln2 = nn.LayerNorm(dim)
+        hid = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hid), nn.GELU(), nn.Linear(hid, dim), nn.Dropout(dropout))
+
+    def _qkv(self, x: torch.Tensor):
+        B, L, C = x.shape
+        return self.qkv(self.ln1(x)).view(B, L, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+
+    def _finish(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        B, L, C = x.shape
+        x = x + self.proj(a.transpose(1, 2).reshape(B, L, C))
+        return x + self.mlp(self.ln2(x))
+
+    def _attend(self, q, k, v, allow):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allow, dropout_p=self.dropout if self.training else 0.0)
+
+    def context(self, x: torch.Tensor, allow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Condition + clean tokens: they never attend to noisy tokens, so their keys/values can be cached."""
+        q, k, v = self._qkv(x)
+        return self._finish(x, self._attend(q, k, v, allow)), k, v
+
+    def noisy(self, x: torch.Tensor, k_ctx: torch.Tensor, v_ctx: torch.Tensor, allow: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._qkv(x)
+        return self._finish(x, self._attend(q, torch.cat([k_ctx, k], 2), torch.cat([v_ctx, v], 2), allow))
+
+
+class DAT(nn.Module):
+    def __init__(self, n_taxa: int, latent_dim: int, hidden: int, layers: int, heads: int, mlp_ratio: float,
+                 dropout: float, meta_dim: int, residual_condition: bool, alpha_bar: torch.Tensor | None = None):
+        super().__init__()
+        self.alpha_bar = alpha_bar  # set for an x0-parameterized epsilon head (not a parameter: the schedule)
+        D, k, H = n_taxa, latent_dim, hidden
+        self.D, self.k, self.H = D, k, H
+        self.residual_condition = residual_condition
+        self.pos = nn.Parameter(torch.randn(D, H) * 0.02)
+        self.kind = nn.Parameter(torch.randn(2, H) * 0.02)  # clean, noisy
+        self.clean_in = nn.Linear(k, H)
+        self.noisy_in = nn.Linear(k, H)
+        self.hint_in = nn.Linear(k, H)  # the encoder's latent of the masked profile at this microbe (the m-latent)
+        self.value_in = nn.Linear(2, H)
+        self.time_mlp = nn.Sequential(nn.Linear(H, H), nn.SiLU(), nn.Linear(H, H))
+        self.meta_proj = nn.Linear(meta_dim, H) if meta_dim > 0 else None
+        self.null_meta = nn.Parameter(torch.randn(H) * 0.02)
+        n_extra = 3 if residual_condition else 0
+        self.obs_summary = nn.Sequential(nn.Linear(D * (k + 1) + n_extra, H), nn.SiLU(), nn.Linear(H, H))
+        self.blocks = nn.ModuleList(Block(H, heads, mlp_ratio, dropout) for _ in range(layers))
+        self.ln_out = nn.LayerNorm(H)
+        self.out = nn.Linear(H, k)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def condition(self, z_obs: torch.Tensor, flag: torch.Tensor, residual: torch.Tensor | None,
+                  meta: torch.Tensor | None, has_meta: torch.Tensor | None) -> torch.Tensor:
+        """(B, 2, H): metadata token (null where absent or switched off) and observed-latent summary."""
+        B = z_obs.shape[0]
+        f = flag.float()
+        feats = [(z_obs * f[..., None]).reshape(B, -1), f]  # m0^c = (1 - m) * m0, Eq. 2
+        if self.residual_condition:
+            feats.append(residual)
+        summary = self.obs_summary(torch.cat(feats, dim=-1))
+        meta_tok = self.null_meta.expand(B, -1)
+        if self.meta_proj is not None and meta is not None:
+            hm = has_meta.float()[:, None]
+            meta_tok = hm * self.meta_proj(meta) + (1 - hm) * meta_tok
+        return torch.stack([meta_tok, summary], dim=1)
+
+    def encode_context(self, z_clean: torch.Tensor, x_obs: torch.Tensor, flag: torch.Tensor, cond: torch.Tensor,
+                       allow_ctx: torch.Tensor) -> tuple[torch.Tensor, list]:
+        """Run the condition and clean tokens through every block; returns per-microbe value
+        embeddings and the per-layer keys/values the noisy tokens attend to (a KV cache)."""
+        f = flag.float()
+        val = self.value_in(torch.stack([x_obs * f, f], dim=-1))  # (B, D, H)
+        x = torch.cat([cond, self.clean_in(z_clean) + self.pos + self.kind[0] + val], dim=1)
+        cache = []
+        for blk in self.blocks:
+            x, k, v = blk.context(x, allow_ctx)
+            cache.append((k, v))
+        return val, cache
+
+    def denoise(self, val: torch.Tensor, cache: list, z_noisy: torch.Tensor, t: torch.Tensor, noisy_idx: torch.Tensor,
+                allow_noisy: torch.Tensor, hint: torch.Tensor) -> torch.Tensor:
+        """Epsilon (B, S, k) for the noisy tokens of microbes `noisy_idx` against a cached context.
+
+        `hint` (B, S, k) is the VAE encoder's latent of the masked profile at each noisy token's
+        microbe: the m-latent that Section IV-a names the initial input of the diffusion.
+        """
+        gi = noisy_idx[..., None].expand(-1, -1, self.H)
+        temb = self.time_mlp(timestep_embedding(t, self.H))
+        x = (self.noisy_in(z_noisy) + self.hint_in(hint) + self.pos[noisy_idx] + self.kind[1]
+             + torch.gather(val, 1, gi) + temb)
+        for blk, (k, v) in zip(self.blocks, cache):
+            x = blk.noisy(x, k, v, allow_noisy)
+        out = self.out(self.ln_out(x))
+        if self.alpha_bar is None:
+            return out
+        # x0-parameterized head: the network proposes x0, and returns the epsilon that x0 implies for
+        # x_t. The loss stays on epsilon; near t = T, where the implied x0 of a direct eps head is the
+        # eps error amplified by 1/sqrt(alpha_bar), this falls back to the zero-initialized proposal.
+        ab = self.alpha_bar.to(out.device)[t][..., None]
+        return (z_noisy - ab.sqrt() * out) / (1 - ab).clamp(min=1e-8).sqrt()
+
+    def forward(self, z_clean: torch.Tensor, z_noisy: torch.Tensor, t: torch.Tensor, x_obs: torch.Tensor,
+                flag: torch.Tensor, step: torch.Tensor, cond: torch.Tensor, dep: torch.Tensor | None, mode: str,
+                noisy_idx: torch.Tensor, noisy_valid: torch.Tensor, hint: torch.Tensor) -> torch.Tensor:
+        """Predict epsilon (B, S, k) for the noisy tokens of microbes `noisy_idx` (B, S).
+
+        The sequence is [cond][D clean][S noisy] under `step_attention`; only target microbes need
+        a noisy token, so S is the largest number of targets in the batch, padding masked out.
+        Computed as context pass + noisy pass, which equals one pass over the whole sequence
+        because context rows of the mask never open onto noisy columns.
+        """
+        allow = step_attention(step, N_COND, dep, mode, noisy_idx, noisy_valid)
+        n_ctx = N_COND + self.D
+        val, cache = self.encode_context(z_clean, x_obs, flag, cond, allow[:, :, :n_ctx, :n_ctx])
+        return self.denoise(val, cache, z_noisy, t, noisy_idx, allow[:, :, n_ctx:, :], hint)
+
+
+def residual_features(Y: torch.Tensor, flag: torch.Tensor) -> torch.Tensor:
+    """The row's relative mass not accounted for by its observed entries (from observed entries only).
+
+    Each nonempty normalized row satisfies sum(10^Y - 1) = 100, so this is the total percentage held
+    by the missing entries: legitimate under the protocol, but an artifact of it (see ModelConfig).
+    """
+    f = flag.float()
+    rel = (torch.pow(10.0, Y * f) - 1).sum(-1)
+    res = (100.0 - rel).clamp(0, 100) / 100.0
+    n_missing = (1 - f).sum(-1).clamp(min=1)
+    even = torch.log10(1 + 100 * res / n_missing) / 2  # the value each missing entry would have if they shared it evenly
+    return torch.stack([res, torch.log10(1 + 100 * res) / 2, even], dim=-1)

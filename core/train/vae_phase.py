@@ -1,0 +1,128 @@
+"""Content-addressed store of trained VAE states, so a study pays the VAE phase once per key.
+
+Why: the VAE phase (pretraining on the other sets, fine-tuning on the target's training view) reads
+only the fields in VAE_FIELDS, the training view, its observed mask and the pretraining matrices,
+while a study searches DAT and sampler settings; every trial with the same key would train the
+same VAE again. The key is a SHA-256 over exactly those inputs (plus the torch version, which
+can change the numbers), so two splits, two data sets or two VAE settings never share an entry.
+
+One entry is one safetensors file `vae-<key>.safetensors`: the VAE's state dict, and in its
+header the key, the phase's losses and a SHA-256 of the tensor bytes. Loading checks the key and
+that digest, so a truncated or bit-flipped file is refused (DepmicroError) rather than used;
+`read_vae_entry` turns a refused file into a miss, so the caller trains and replaces it. Files
+are written to a temp name and renamed (core/atomic.py): trials racing on one key each see a
+whole file or none. Nothing here unpickles.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from depmicro.core.io.atomic import atomic_path
+from depmicro.core.io.content_hash import update_with_matrix
+from depmicro.core.errors import DepmicroError
+
+FORMAT = "depmicro-vae/1"
+# what the VAE phase reads from the config (core/train.py: the VAE init draws from torch.manual_seed(seed),
+# then train_vae reads the rest); vae_pretrain enters the key through the pretraining matrices it lets in
+VAE_FIELDS = ("latent_dim", "vae_hidden", "vae_beta", "vae_epochs", "vae_lr", "batch_size", "train_mask_ratio", "seed")
+
+
+@dataclass
+class VaeEntry:
+    """A trained VAE state (CPU tensors) and what the phase reported; the unit the cache stores."""
+
+    key: str
+    state: dict[str, torch.Tensor]
+    losses: dict[str, list[float]] = field(default_factory=dict)
+    seconds: float = 0.0  # what training it cost when it was computed
+
+
+def vae_settings(cfg) -> dict:
+    return {k: getattr(cfg, k) for k in VAE_FIELDS}
+
+
+def vae_cache_key(cfg, Y_view: np.ndarray, observed: np.ndarray, pretrain: Sequence[np.ndarray] = ()) -> str:
+    """sha256 of the VAE settings, the training view (values and NaN pattern), the observed mask and
+    the pretraining matrices the phase actually uses (none when cfg.vae_pretrain is off)."""
+    used = list(pretrain) if cfg.vae_pretrain else []
+    h = hashlib.sha256()
+    h.update(FORMAT.encode())
+    h.update(torch.__version__.encode())
+    h.update(json.dumps(vae_settings(cfg), sort_keys=True).encode())
+    update_with_matrix(h, Y_view)
+    obs = np.ascontiguousarray(observed, dtype=bool)
+    h.update(json.dumps(list(obs.shape)).encode() + np.packbits(obs).tobytes())
+    h.update(f"pretrain:{len(used)}".encode())
+    for P in used:
+        update_with_matrix(h, P)
+    return h.hexdigest()
+
+
+def entry_path(cache_dir: str | Path, key: str) -> Path:
+    return Path(cache_dir) / f"vae-{key}.safetensors"
+
+
+def _digest(state: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{list(t.shape)}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_vae_entry(entry: VaeEntry, cache_dir: str | Path) -> Path:
+    from safetensors.torch import save_file
+
+    path = entry_path(cache_dir, entry.key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in entry.state.items()}
+    meta = {"format": FORMAT, "key": entry.key, "sha256": _digest(state), "losses": json.dumps(entry.losses),
+            "seconds": repr(float(entry.seconds))}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+    return path
+
+
+def load_vae_entry(path: str | Path, key: str | None = None) -> VaeEntry:
+    """The entry in `path`; DepmicroError (one line) when it is not a whole, matching cache entry."""
+    from safetensors import safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise DepmicroError(f"{p}: no such VAE cache entry")
+    try:
+        with safe_open(str(p), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+        losses = json.loads(meta.get("losses", "{}"))
+        seconds = float(meta.get("seconds", "0"))
+    except Exception as exc:  # safetensors raises its own error types for a bad header or a short file
+        raise DepmicroError(f"{p}: not a VAE cache entry ({type(exc).__name__})") from None
+    if meta.get("format") != FORMAT:
+        raise DepmicroError(f"{p}: not a VAE cache entry (format {meta.get('format')!r}, expected {FORMAT!r})")
+    if key is not None and meta.get("key") != key:
+        raise DepmicroError(f"{p}: VAE cache entry holds key {str(meta.get('key'))[:12]}..., expected {key[:12]}...")
+    if meta.get("sha256") != _digest(state):
+        raise DepmicroError(f"{p}: VAE cache entry is corrupt (tensor checksum mismatch)")
+    return VaeEntry(key=str(meta["key"]), state=state, losses=losses, seconds=seconds)
+
+
+def read_vae_entry(cache_dir: str | Path, key: str) -> VaeEntry | None:
+    """A hit, or None on a miss; a refused (corrupt, foreign) file is a miss, which the caller overwrites."""
+    path = entry_path(cache_dir, key)
+    if not path.exists():
+        return None
+    try:
+        return load_vae_entry(path, key)
+    except DepmicroError as exc:
+        warnings.warn(f"{exc}; retraining the VAE and replacing the entry")
+        return None

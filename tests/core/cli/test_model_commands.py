@@ -1,0 +1,88 @@
+"""`depmicro train` / `depmicro impute` end to end on a small synthetic set (with metadata)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from depmicro.core.cli import main
+from depmicro.core.data.synthetic import make_synthetic, write_synthetic
+
+FAST = ["latent_dim=2", "vae_hidden=16", "hidden_dim=16", "n_layers=1", "n_heads=2", "vae_epochs=2", "epochs=1",
+        "timesteps=100", "sampling_fraction=20", "f_threshold=2", "mi_threshold=0.02"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    data = write_synthetic(d / "syn.h5ad", n_samples=60, n_taxa=12, n_directed=2, n_symmetric=2)
+    args = ["train", "studies/configs/tiny.yaml", "--data", str(data), "--out", str(d / "model"), "--json", "--seed", "1"]
+    for kv in FAST:
+        args += ["--set", kv]
+    proc = subprocess.run([sys.executable, "-m", "depmicro.core.cli", *args], capture_output=True, text=True,
+                          cwd=str(__import__("pathlib").Path(__file__).resolve().parents[3]),
+                          env={**__import__("os").environ, "DEPMICRO_CACHE": str(d / "cache")}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return d, data, json.loads(proc.stdout)
+
+
+def test_train_prints_val_and_test_metrics(trained):
+    d, _, out = trained
+    assert set(out) >= {"val", "test", "seconds"}
+    for part in ("val", "test"):
+        assert {"pcc", "cos", "rmse", "mae", "pcc_per_microbe", "n_microbes", "n_heldout"} <= set(out[part])
+    assert out["seed"] == 1 and (d / "model" / "manifest.json").is_file()
+    assert not [p for p in d.iterdir() if p.name.startswith(".model")]  # no temp dirs left behind
+
+
+def test_impute_fills_marked_entries_and_keeps_observed(trained, capsys):
+    d, _, _ = trained
+    ds, _ = make_synthetic(n_samples=60, n_taxa=12, n_directed=2, n_symmetric=2)
+    counts = pd.DataFrame(ds.counts, index=ds.obs_names, columns=ds.var_names)
+    holes = np.zeros(counts.shape, dtype=bool)
+    holes[::7, 3] = True
+    holes[2, :4] = True
+    counts = counts.mask(holes)
+    counts.to_csv(d / "holes.csv")
+    assert main(["impute", "--model", str(d / "model"), "--data", str(d / "holes.csv"), "--out", str(d / "filled.tsv"), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["n_imputed"] == holes.sum()
+    out = pd.read_csv(d / "filled.tsv", sep="\t", index_col=0)
+    assert list(out.columns) == ds.var_names and np.isfinite(out.to_numpy()).all()
+    from depmicro.core.data import normalize
+
+    Y = normalize(np.where(holes, 0.0, ds.counts))
+    np.testing.assert_allclose(out.to_numpy()[~holes], Y[~holes], rtol=1e-12, atol=1e-12)
+    assert main(["impute", "--model", str(d / "model"), "--data", str(d / "holes.csv"), "--out", str(d / "z.h5ad"), "--zeros"]) == 0
+    import anndata as ad
+
+    a = ad.read_h5ad(d / "z.h5ad")
+    assert (a.layers["observed"][ds.counts == 0] == 0).all() and a.shape == (60, 12)
+
+
+def test_impute_refuses_tampered_model_and_other_taxa(trained, capsys, tmp_path):
+    d, data, _ = trained
+    import shutil
+
+    bad = tmp_path / "m"
+    shutil.copytree(d / "model", bad)
+    (bad / "taxa.json").write_text((bad / "taxa.json").read_text().replace("taxon_00", "taxon_XX"))
+    assert main(["impute", "--model", str(bad), "--data", str(data), "--out", str(tmp_path / "o.csv")]) == 2
+    assert "taxa.json" in capsys.readouterr().err and not (tmp_path / "o.csv").exists()
+    other, _ = make_synthetic(n_samples=20, n_taxa=13, n_directed=2, n_symmetric=2)
+    pd.DataFrame(other.counts, index=other.obs_names, columns=other.var_names).to_csv(tmp_path / "other.csv")
+    assert main(["impute", "--model", str(d / "model"), "--data", str(tmp_path / "other.csv"), "--out", str(tmp_path / "o.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "taxa do not match" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "o.csv").exists()
+
+
+def test_train_rejects_bad_config_in_one_line(tmp_path, capsys):
+    assert main(["train", str(Path(__file__).resolve().parents[3] / "studies/configs/tiny.yaml"), "--data", str(tmp_path / "x.h5ad"), "--out", str(tmp_path / "m"),
+                 "--set", "hiden_dim=3"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'hiden_dim'" in err and len(err.strip().splitlines()) == 1
