@@ -72,7 +72,7 @@ def export(study_name: str, out: str | Path, tracking_uri: str | None = None, me
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from depmicro.core.model.bundle import atomic_dir, load_model
+    from depmicro.core.model.bundle import load_model, manifested_dir
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -118,7 +118,7 @@ def export(study_name: str, out: str | Path, tracking_uri: str | None = None, me
             (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
             (d / "provenance.json").write_text(json.dumps(provenance, indent=2, default=str))
 
-        atomic_dir(out, fill)
+        manifested_dir(out, fill)
     load_model(out)  # what we ship verifies and loads
     result = {"study": study.name, "out": str(out.resolve()), "trial_id": best["trial_id"], "run_id": run_id,
               "dataset": best["dataset"], "seed": provenance["seed"], "metric": metric, "value": float(best[metric]),

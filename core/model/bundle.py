@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from depmicro.core.errors import DepmicroError
+from depmicro.core.io.atomic import atomic_dir
 from depmicro.core.io.manifest import MANIFEST, verify_manifest, write_manifest
+from depmicro.core.model.config import config_from_dict, config_to_dict
+from depmicro.core.model.imputer import DepMicroDiffImputer
 
 FORMAT = "depmicrodiff/1"
 
@@ -24,8 +25,6 @@ FORMAT = "depmicrodiff/1"
 def write_model_files(imputer, d: Path) -> None:
     """The loadable part of a bundle, written into an existing directory (no manifest)."""
     from safetensors.torch import save_file
-
-    from depmicro.core.model.config import config_to_dict
 
     d = Path(d)
     state = {k: v.detach().cpu().contiguous() for k, v in imputer.net.state_dict().items()}
@@ -45,29 +44,17 @@ def write_model_files(imputer, d: Path) -> None:
         "model": imputer.cfg.metadata_model, "pooling": "mean", "dim": int(imputer.meta_dim)}, indent=2))
 
 
-def atomic_dir(directory: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
-    """Build a directory with `fill(tmp)`, add a manifest, then swap it into place."""
-    target = Path(directory).resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
-    try:
-        fill(tmp)
-        write_manifest(tmp)
-        if target.exists():
-            old = target.parent / f".{target.name}.old.{os.getpid()}"
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+def manifested_dir(directory: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
+    """Build a directory with `fill(tmp)`, add its SHA-256 manifest, then swap it into place."""
+    def fill_and_sign(d: Path) -> None:
+        fill(d)
+        write_manifest(d)
+
+    return atomic_dir(directory, fill_and_sign)
 
 
-def save_model(imputer, directory: str | os.PathLike) -> None:
-    atomic_dir(directory, lambda d: write_model_files(imputer, d))
+def save_model(imputer: DepMicroDiffImputer, directory: str | os.PathLike) -> None:
+    manifested_dir(directory, lambda d: write_model_files(imputer, d))
 
 
 def _read_json(d: Path, name: str) -> dict:
@@ -83,9 +70,6 @@ def _read_json(d: Path, name: str) -> dict:
 def load_model(directory: str | os.PathLike, device: str = "cpu"):
     """Rebuild a DepMicroDiffImputer from a bundle; verifies the manifest first when there is one."""
     from safetensors.torch import load_file
-
-    from depmicro.core.model.config import config_from_dict
-    from depmicro.core.model.imputer import DepMicroDiffImputer
 
     d = Path(directory)
     if not d.is_dir():

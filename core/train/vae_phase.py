@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +29,12 @@ import torch
 from depmicro.core.io.atomic import atomic_path
 from depmicro.core.io.content_hash import update_with_matrix
 from depmicro.core.errors import DepmicroError
+from depmicro.core.model.config import ModelConfig
+from depmicro.core.model.vae import TokenVAE, train_vae
+from depmicro.core.train.trainer import phase_seed, seed_all
+
+if TYPE_CHECKING:
+    from depmicro.core.model.imputer import DepMicroDiffImputer
 
 FORMAT = "depmicro-vae/1"
 # what the VAE phase reads from the config (core/train.py: the VAE init draws from torch.manual_seed(seed),
@@ -126,3 +133,74 @@ def read_vae_entry(cache_dir: str | Path, key: str) -> VaeEntry | None:
     except DepmicroError as exc:
         warnings.warn(f"{exc}; retraining the VAE and replacing the entry")
         return None
+
+
+# --- the phase itself -----------------------------------------------------------------------------
+
+def train_vae_entry(cfg: ModelConfig, Y_view: np.ndarray, observed: np.ndarray, pretrain: Sequence[np.ndarray] = (),
+                    key: str | None = None) -> VaeEntry:
+    """The VAE phase on its own: pretraining on the other sets (leave-target-out), then fine-tuning on
+    the target's training view, `cfg.vae_epochs` each, on the CPU.
+
+    It reseeds every RNG from cfg.seed first and builds its own TokenVAE, so its result is a function
+    of the vae_cache_key inputs only (the same init the imputer draws: the VAE is the first module
+    built after torch.manual_seed(cfg.seed)); before, its noise continued the torch stream after the
+    DAT's initialisation, so the VAE changed with hidden_dim or n_layers, which studies search.
+    """
+    t0 = time.perf_counter()
+    seed_all(cfg.seed)
+    vae = TokenVAE(Y_view.shape[1], cfg.latent_dim, cfg.vae_hidden)
+    rng = np.random.default_rng(cfg.seed)
+    cpu = torch.device("cpu")
+    losses = {}
+    if cfg.vae_pretrain and len(pretrain):
+        losses["vae_pretrain_loss"] = train_vae(vae, [(P, np.ones_like(P, dtype=bool)) for P in pretrain], cfg.vae_epochs,
+                                                cfg.vae_lr, cfg.vae_beta, cfg.batch_size, cfg.train_mask_ratio, rng, cpu)[-1:]
+    losses["vae_loss"] = train_vae(vae, [(Y_view, observed)], cfg.vae_epochs, cfg.vae_lr, cfg.vae_beta, cfg.batch_size,
+                                   cfg.train_mask_ratio, rng, cpu)[-1:]
+    state = {k: v.detach().cpu().clone() for k, v in vae.state_dict().items()}
+    key = key or vae_cache_key(cfg, Y_view, observed, pretrain)
+    return VaeEntry(key=key, state=state, losses=losses, seconds=time.perf_counter() - t0)
+
+
+def cached_vae_entry(cfg: ModelConfig, Y_view: np.ndarray, observed: np.ndarray, pretrain: Sequence[np.ndarray] = (), *,
+                     cache_dir: str | Path | None = None, entries: Mapping[str, VaeEntry] | None = None) -> tuple[VaeEntry, str]:
+    """The trained VAE for these inputs and where it came from: "shared" (`entries`, e.g. shipped by a
+    study driver), "cache" (a file in `cache_dir`) or "trained" (then stored in `cache_dir`, if given).
+    A corrupt or foreign file in `cache_dir` counts as a miss and is replaced."""
+    key = vae_cache_key(cfg, Y_view, observed, pretrain)
+    if entries and key in entries:
+        return entries[key], "shared"
+    if cache_dir is not None:
+        hit = read_vae_entry(cache_dir, key)
+        if hit is not None:
+            return hit, "cache"
+    entry = train_vae_entry(cfg, Y_view, observed, pretrain, key)
+    if cache_dir is not None:
+        try:
+            save_vae_entry(entry, cache_dir)
+        except OSError:
+            pass  # an unwritable (or another node's) cache costs time, not correctness
+    return entry, "trained"
+
+
+def pretrain_vae(imp: DepMicroDiffImputer, Y_view: np.ndarray, observed: np.ndarray, pretrain: Sequence[np.ndarray],
+                  cache_dir: str | Path | None = None, entries: Mapping[str, VaeEntry] | None = None) -> dict:
+    """Give `imp` its trained, frozen VAE (from the cache or trained now), then reseed every RNG.
+
+    Why the reseed: training the VAE draws from the global torch stream and a cache hit does not,
+    so without it the DAT's noise and dropout would depend on whether the VAE was cached. Both
+    paths reseed torch/numpy/python from a seed derived from cfg.seed right after the phase, so a hit
+    and a miss continue identically (chosen over saving RNG states in the entry: those would depend
+    on the DAT's initialisation, which is not in the key). This changed the random stream of
+    uncached training too (measured README figures predate it).
+    """
+    cfg = imp.cfg
+    entry, source = cached_vae_entry(cfg, Y_view, observed, pretrain, cache_dir=cache_dir, entries=entries)
+    imp.vae.load_state_dict(entry.state)
+    imp.vae.eval()
+    for p in imp.vae.parameters():
+        p.requires_grad_(False)
+    imp.set_latent_stats(Y_view, observed)  # one encoding pass: cheaper to recompute than to store
+    seed_all(phase_seed(cfg.seed, "dat"))
+    return {**entry.losses, "source": source, "seconds": entry.seconds if source == "trained" else 0.0}

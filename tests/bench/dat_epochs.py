@@ -29,6 +29,7 @@ import torch
 from depmicro.core.model.config import load_config
 from depmicro.core.data import load_dataset
 from depmicro.core.data.evaluation import evaluate, make_split, training_view
+from depmicro.core.diffusion.loss import epsilon_loss
 from depmicro.core.train import fit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,7 +54,7 @@ def heldout_denoising_loss(imp, Y: np.ndarray, split, repeats: int = 4, t_fixed:
                     sl = slice(i, i + 128)
                     k = int(split.val[sl].sum())
                     if k:
-                        loss = imp.loss(yv[sl], m[sl], None, torch.zeros(len(yv[sl]), dtype=torch.bool), rng, target=split.val[sl],
+                        loss = epsilon_loss(imp, yv[sl], m[sl], None, torch.zeros(len(yv[sl]), dtype=torch.bool), rng, target=split.val[sl],
                                         t_fixed=t_fixed)
                         total, weight = total + float(loss) * k, weight + k
     finally:

@@ -15,6 +15,7 @@ from depmicro.core.model.imputer import DepMicroDiffImputer
 from depmicro.core.errors import DepmicroError
 from depmicro.core.model.ar import gather_index, step_attention
 from depmicro.core.data.evaluation import make_split, training_view
+from depmicro.core.diffusion.loss import epsilon_loss
 from depmicro.core.train import fit
 
 FAST = dict(latent_dim=2, vae_hidden=16, hidden_dim=16, n_layers=1, n_heads=2, vae_epochs=2, epochs=1, batch_size=32,
@@ -100,18 +101,18 @@ def test_no_leakage_of_heldout_values():
 
 def test_fit_never_reads_heldout_values(monkeypatch):
     """train.fit hands every training component the training view only: held-out entries are NaN there."""
-    import depmicro.core.train.fitting as train
+    import depmicro.core.train.trainer as trainer
 
     ds = small_dataset()
     split = make_split(ds.normalized, seed=1)
     seen = []
-    real = train._Trainer.__init__
+    real = trainer.Trainer.__init__
 
     def spy(self, imp, Y_view, observed, metadata):
         seen.append((Y_view.copy(), observed.copy()))
         return real(self, imp, Y_view, observed, metadata)
 
-    monkeypatch.setattr(train._Trainer, "__init__", spy)
+    monkeypatch.setattr(trainer.Trainer, "__init__", spy)
     res = fit(cfg_of(), ds, split)
     Y_view, observed = seen[0]
     assert np.isnan(Y_view[~split.observed]).all() and not np.isnan(Y_view[split.observed]).any()
@@ -133,7 +134,7 @@ def test_ar_causality():
     z_clean, z_noisy = torch.randn(B, D, k, generator=g), torch.randn(*idx.shape, k, generator=g)
     t = torch.randint(0, 100, idx.shape, generator=g)
     cond = torch.randn(B, 2, imp.cfg.hidden_dim, generator=g)
-    dep = imp._dep_tensor()
+    dep = imp.dep_tensor()
 
     hint = torch.randn(*idx.shape, k, generator=g)
 
@@ -268,7 +269,7 @@ def test_metadata_encoder_caches_unique_lines_and_null_token():
 
 
 def test_pretraining_is_leave_target_out(monkeypatch):
-    import depmicro.core.train.fitting as train
+    import depmicro.core.train.vae_phase as vae_phase
 
     ds = small_dataset()
     split = make_split(ds.normalized, seed=0)
@@ -279,8 +280,8 @@ def test_pretraining_is_leave_target_out(monkeypatch):
     with pytest.raises(DepmicroError, match="same taxa"):
         fit(cfg_of(), ds, split, pretrain=[other_taxa])
     seen = []
-    real = train.train_vae
-    monkeypatch.setattr(train, "train_vae", lambda vae, sets, *a, **k: seen.append([s[0].shape for s in sets]) or real(vae, sets, *a, **k))
+    real = vae_phase.train_vae
+    monkeypatch.setattr(vae_phase, "train_vae", lambda vae, sets, *a, **k: seen.append([s[0].shape for s in sets]) or real(vae, sets, *a, **k))
     other = small_dataset(seed=7)
     other.name = "other"
     fit(cfg_of(), ds, split, pretrain=[other])
@@ -318,11 +319,11 @@ def test_loss_on_given_targets_is_a_heldout_denoising_loss():
     y = torch.as_tensor(np.where(seen, Y, 0.0), dtype=torch.float32)
     m = torch.as_tensor(seen)
     args = (y, m, None, torch.zeros(len(Y), dtype=torch.bool))
-    none = imp.loss(*args, np.random.default_rng(0), target=np.zeros_like(seen))
+    none = epsilon_loss(imp, *args, np.random.default_rng(0), target=np.zeros_like(seen))
     assert float(none) == 0.0  # no target, nothing to denoise
     def loss(target):
         torch.manual_seed(0)  # the diffusion noise comes from torch's stream, the timesteps from rng
-        return imp.loss(*args, np.random.default_rng(0), target=target)
+        return epsilon_loss(imp, *args, np.random.default_rng(0), target=target)
 
     a, b = loss(split.val), loss(split.val)
     c = loss(split.test)  # not in `seen`: ignored -> no targets

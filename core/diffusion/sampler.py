@@ -1,0 +1,53 @@
+"""The AR sampler: AR steps in the model's order; within a step, the reverse diffusion over the
+timesteps `schedule_for` picks, with the clean tokens of earlier steps as context (Algorithm 2)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from depmicro.core.diffusion.schedule import schedule_for
+from depmicro.core.model.ar import gather_index, infer_steps, step_attention
+from depmicro.core.model.dat import N_COND
+
+if TYPE_CHECKING:
+    from depmicro.core.model.imputer import DepMicroDiffImputer
+
+
+@torch.no_grad()
+def sample_batch(imp: DepMicroDiffImputer, y: torch.Tensor, obs: torch.Tensor, meta, has, gen: torch.Generator) -> torch.Tensor:
+    cfg, dev = imp.cfg, y.device
+    y = y * obs.float()
+    target = ~obs
+    z_c, cond_tok = imp.condition(y, obs, meta, has)
+    K = cfg.infer_ar_steps
+    step_np = infer_steps(target.cpu().numpy(), imp.rank, K)
+    step = torch.as_tensor(step_np, device=dev)
+    dep = imp.dep_tensor()
+    z_gen = torch.zeros_like(z_c)
+    for k in range(1, K + 1):
+        if not (step_np == k).any():
+            continue
+        idx_np, valid_np = gather_index(step_np == k)  # only this step's noisy tokens: later ones cannot matter
+        idx, valid = torch.as_tensor(idx_np, device=dev), torch.as_tensor(valid_np, device=dev)
+        x = torch.randn((*idx.shape, z_c.shape[-1]), generator=gen).to(dev)
+        z_clean = z_c * obs.float()[..., None] + z_gen * ((step > 0) & (step < k)).float()[..., None]
+        allow = step_attention(step, N_COND, dep, cfg.dep_mask_mode, idx, valid)
+        n_ctx = N_COND + imp.D
+        val, cache = imp.dat.encode_context(z_clean, y, obs, cond_tok, allow[:, :, :n_ctx, :n_ctx])
+        allow_noisy = allow[:, :, n_ctx:, :]
+        gi = idx[..., None].expand(-1, -1, z_c.shape[-1])
+        hint = torch.gather(z_c, 1, gi)
+        clip = (torch.as_tensor(imp.latent_lo, device=dev), torch.as_tensor(imp.latent_hi, device=dev))
+        ts = schedule_for(cfg.sampling, cfg.timesteps, cfg.sampling_fraction, k - 1, K)
+        for i, t in enumerate(ts):
+            t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+            t_tok = torch.full(idx.shape, t, device=dev, dtype=torch.long)
+            eps = imp.dat.denoise(val, cache, x, t_tok, idx, allow_noisy, hint).float()
+            noise = torch.randn(x.shape, generator=gen).to(dev) if cfg.sampler_eta > 0 and t_prev >= 0 else None
+            x = imp.diffusion.step(x, eps, t, t_prev, cfg.sampler_eta, noise, clip)
+        if cfg.residual_diffusion:
+            x = x + hint
+        upd = torch.zeros_like(z_gen).scatter_add(1, gi, x * valid.float()[..., None])  # padding adds 0
+        z_gen = z_gen + upd
+    return imp.vae.decode(imp.denorm(z_gen)).clamp(min=0)

@@ -1,0 +1,155 @@
+"""The DAT training loop: one epoch at a time through accelerate.Accelerator, and the resumable
+state (optimizer, RNG, best-so-far) that a training checkpoint adds to a model bundle."""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from depmicro.core.diffusion.loss import epsilon_loss
+from depmicro.core.errors import DepmicroError
+from depmicro.core.io.manifest import MANIFEST, verify_manifest
+from depmicro.core.model.bundle import manifested_dir, write_model_files
+from depmicro.core.model.config import ModelConfig
+from depmicro.core.model.imputer import DepMicroDiffImputer
+
+@dataclass
+class EpochReport:
+    epoch: int  # 1-based
+    train_loss: float
+    val: dict[str, float]
+    seconds: float
+    _saver: Callable[[Path], None] | None = field(default=None, repr=False, compare=False)
+    # the live model after this epoch (eval mode; not the best-so-far), for hooks that evaluate more than
+    # validation metrics (tests/bench/dat_epochs.py). Read it, do not keep or train it.
+    model: DepMicroDiffImputer | None = field(default=None, repr=False, compare=False)
+
+    def save_checkpoint(self, directory: str | Path) -> None:
+        """Full resumable state (model, optimizer, epoch, RNG, best-so-far) that is also a loadable model."""
+        if self._saver is None:
+            raise DepmicroError("this epoch report carries no training state to save")
+        self._saver(Path(directory))
+
+
+OnEpoch = Callable[[EpochReport], "bool | None"]
+
+
+def seed_all(seed: int) -> None:
+    from accelerate.utils import set_seed
+
+    set_seed(seed)
+    random.seed(seed)
+
+
+def accelerator_for(cfg: ModelConfig):
+    from accelerate import Accelerator
+
+    gpu = torch.cuda.is_available()
+    mp = cfg.mixed_precision
+    if mp == "auto":
+        mp = "bf16" if gpu and torch.cuda.is_bf16_supported() else "no"
+    if mp == "bf16" and not gpu:
+        mp = "no"  # bf16 autocast on CPU is slow and not what the paper ran; GPU only
+    return Accelerator(mixed_precision=mp, cpu=not gpu)
+
+
+def phase_seed(seed: int, phase: str) -> int:
+    """A seed for one training phase derived from cfg.seed; hashed, so it never equals seed + replicate."""
+    return int.from_bytes(hashlib.sha256(f"depmicro:{seed}:{phase}".encode()).digest()[:4], "little")
+
+
+class Trainer:
+    """One DAT training run; holds what a checkpoint must capture."""
+
+    def __init__(self, imp: DepMicroDiffImputer, Y_view: np.ndarray, observed: np.ndarray, metadata):
+        cfg = imp.cfg
+        self.imp, self.cfg = imp, cfg
+        self.acc = accelerator_for(cfg)
+        imp.to(self.acc.device)
+        self.Y = np.where(observed, np.nan_to_num(Y_view), 0.0).astype(np.float32)
+        self.obs = observed
+        meta, has = imp.meta_vectors(metadata, len(Y_view))
+        self.meta, self.has = meta, has
+        params = [p for p in imp.dat.parameters()]
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.dat, self.opt = self.acc.prepare(imp.dat, self.opt)
+        self.rng = np.random.default_rng(cfg.seed + 1)
+
+    def epoch(self, progress: bool = False) -> float:
+        imp, cfg, dev = self.imp, self.cfg, self.acc.device
+        imp.net.train()
+        imp.vae.eval()
+        perm = self.rng.permutation(len(self.Y))
+        batches = [perm[i : i + cfg.batch_size] for i in range(0, len(perm), cfg.batch_size)]
+        if len(batches) > 1 and len(batches[-1]) < max(2, cfg.batch_size // 4):
+            batches[-2] = np.concatenate([batches[-2], batches.pop()])
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, leave=False, desc="batches", file=__import__("sys").stderr)
+        total, n = 0.0, 0
+        for idx in batches:
+            y = torch.as_tensor(self.Y[idx], device=dev)
+            m = torch.as_tensor(self.obs[idx], device=dev)
+            meta = None if self.meta is None else torch.as_tensor(self.meta[idx], device=dev)
+            has = torch.as_tensor(self.has[idx], device=dev)
+            with self.acc.autocast():
+                loss = epsilon_loss(imp, y, m, meta, has, self.rng)
+            self.opt.zero_grad(set_to_none=True)
+            self.acc.backward(loss)
+            if cfg.grad_clip > 0:
+                self.acc.clip_grad_norm_(imp.dat.parameters(), cfg.grad_clip)
+            self.opt.step()
+            total += loss.item() * len(idx)
+            n += len(idx)
+        imp.net.eval()
+        return total / max(n, 1)
+
+    # resumable state (everything the model bundle does not hold)
+    def state(self, epoch: int, best: dict, history: list[dict], stale: int) -> tuple[dict, dict]:
+        tensors = {"optimizer": self.opt.state_dict(), "torch_rng": torch.get_rng_state(),
+                   "best_state": best.get("state") or {}}
+        meta = {"epoch": epoch, "np_rng": self.rng.bit_generator.state, "history": history, "stale": stale,
+                "best_score": best.get("score"), "best_epoch": best.get("epoch"), "best_val": best.get("val"),
+                "py_rng": None}
+        return tensors, meta
+
+    def restore(self, directory: Path) -> tuple[int, dict, list[dict], int]:
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        if not (d / "train_state.json").is_file() or not (d / "train_state.pt").is_file():
+            raise DepmicroError(f"{d}: not a training checkpoint (train_state.json / train_state.pt missing)")
+        if (d / MANIFEST).exists():
+            verify_manifest(d)
+        meta = json.loads((d / "train_state.json").read_text())
+        tensors = torch.load(d / "train_state.pt", weights_only=True, map_location="cpu")
+        self.imp.net.load_state_dict(load_file(str(d / "model.safetensors")))
+        norm = json.loads((d / "normalization.json").read_text())
+        self.imp.latent_mean = np.asarray(norm["latent_mean"], dtype=np.float32)
+        self.imp.latent_std = np.asarray(norm["latent_std"], dtype=np.float32)
+        self.imp.latent_lo = np.asarray(norm["latent_lo"], dtype=np.float32)
+        self.imp.latent_hi = np.asarray(norm["latent_hi"], dtype=np.float32)
+        self.opt.load_state_dict(tensors["optimizer"])
+        torch.set_rng_state(tensors["torch_rng"])
+        self.rng.bit_generator.state = meta["np_rng"]
+        best = {"score": meta["best_score"], "epoch": meta["best_epoch"], "val": meta["best_val"],
+                "state": tensors["best_state"] or None}
+        return int(meta["epoch"]), best, meta["history"], int(meta["stale"])
+
+
+def save_checkpoint(trainer: Trainer, directory: Path, epoch: int, best: dict, history: list[dict], stale: int) -> None:
+    tensors, meta = trainer.state(epoch, best, history, stale)
+
+    def fill(d: Path) -> None:
+        write_model_files(trainer.imp, d)
+        torch.save(tensors, d / "train_state.pt")
+        (d / "train_state.json").write_text(json.dumps(meta))
+
+    manifested_dir(directory, fill)
