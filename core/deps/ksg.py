@@ -1,7 +1,7 @@
 """KSG mutual information (Kraskov et al. 2004, estimator 1) for all taxon pairs, batched in torch.
 
 Why a second MI estimator: issue 3 asks that MI rank-agree with scikit-learn's
-`mutual_info_regression(k=3)`, and the binned plug-in estimator (core/deps.py) does not. This module
+`mutual_info_regression(k=3)`, and the binned plug-in estimator (mi.py) does not. This module
 reproduces sklearn's `_compute_mi_cc` pair for pair, including its preprocessing, so the two agree
 to floating point when they see the same jitter:
 
@@ -20,19 +20,17 @@ once per block of columns, and each pair costs one elementwise max and one top-k
 at once as `memory_bytes` allows. The marginal counts come from sorted columns and searchsorted,
 O(n log n); since the search bounds x_a -/+ r are rounded sums, each end is walked to where the
 exact predicate |x_a - x_b| <= r changes, or rare boundary cases would break exact agreement.
-On CPU this is about as fast as sklearn's KD-tree loop: COAD, all pairs, took 8.9 s against an
-extrapolated 16.4 s on 2 idle cores, and 43-60 s against 17 s on 2 loaded ones. The O(n^2) top-k is
-what a GPU would speed up.
+The O(n^2) top-k is what a GPU would speed up; on a CPU it is about as fast as sklearn's KD-tree
+loop (README, "Dependency statistics", from tests/bench/deps.py).
 
-The jitter makes one seed a noisy reference: on 300 random COAD pairs, one sklearn seed agrees with another
-at Spearman 0.71 on average (0.48-0.81 over 10 seed pairs), and with the mean of 19 other seeds at 0.82
-(tests/bench/deps.py). `repeats` averages over seeds seed, seed + 1, ... for whoever wants a smoother
-estimate. Two 10-seed means agree at 0.93.
+The jitter makes one sklearn seed a noisy reference (measured in the same README section). `repeats`
+averages over seeds seed, seed + 1, ... for whoever wants a smoother estimate.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from depmicro.core.deps.device import torch_device
 from depmicro.core.errors import DepmicroError
 
 
@@ -117,16 +115,14 @@ def ksg_pairs(x, y, k: int = 3):
 def ksg_mutual_information(Y: np.ndarray, k: int = 3, *, seed: int = 0, repeats: int = 1, device: str | None = None,
                            memory_bytes: int = 600_000_000) -> np.ndarray:
     """(D, D) symmetric KSG MI, zero diagonal, averaged over jitter seeds seed .. seed + repeats - 1.
-    Y must be NaN-free (core/deps.py reads held-out NaN as 0 before calling this)."""
+    Y must be NaN-free (stats.py reads held-out NaN as 0 before calling this)."""
     import torch
-
-    from depmicro.core.deps.stats import _torch_device
 
     Y = np.asarray(Y, dtype=np.float64)
     n, D = Y.shape
     if repeats < 1:
         raise DepmicroError(f"mi_jitter_repeats must be >= 1, not {repeats}")
-    dev = _torch_device(device)
+    dev = torch_device(device)
     _check_k(k, n)
     cols = max(1, int(memory_bytes // (3 * 8 * n * n)))  # a block of x distances, of y distances, one joint block
     mi = np.zeros((D, D))

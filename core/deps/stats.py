@@ -1,66 +1,19 @@
-"""Dependency statistics for the Dep mask (MODEL.md section 3), for all taxon pairs at once.
+"""Dependency statistics for the Dep mask, for all taxon pairs at once: the settings that key them,
+the raw matrices (directional F in fstat.py, MI in mi.py or ksg.py) and the mask thresholded from them.
 
 Why closed form: a study thresholds the same raw F and MI matrices in every trial, and the naive
-route (one statsmodels OLS pair per ordered pair, one k-NN MI estimate per pair) costs minutes to
-hours at D = 1695. Everything here is a handful of D x D matrix products, so all pairs cost about
-as much as a few pairs did, on CPU or (torch) GPU.
+route (one statsmodels OLS pair per ordered pair, one k-NN MI estimate per pair) grows with D^2
+model fits. Here everything is a handful of D x D matrix products, so all pairs cost about as
+much as a few pairs did, on CPU or (torch) GPU. Measured agreement and timings: README,
+"Dependency statistics" (tests/bench/deps.py prints them).
 
-Directional F (Granger, lag L, samples in file order or ordered by a metadata column). For the
-ordered pair j -> i: target y = Y[L:, i], restricted regressors [1, x = Y[:-L, i]], full
-[1, x, z = Y[:-L, j]]. With centred cross products S, the partial regression gives
-    RSS_r = S_yy - S_xy^2 / S_xx,   RSS_r - RSS_f = (S_zy - S_xz S_xy / S_xx)^2 / (S_zz - S_xz^2 / S_xx)
-    F = (RSS_r - RSS_f) / (RSS_f / (m - 3)),  m = n - L,  p = P(F(1, m - 3) > F),
-which is exactly statsmodels' `compare_f_test` of the two OLS fits. All S are entries of
-Lc^T Lc and Lc^T Tc (Lc, Tc the centred lagged and target blocks), so every pair comes from two
-matrix products. A constant column (or one that is collinear with the target's own lag) adds
-nothing: F = 0, p = 1, where statsmodels would divide 0 by 0.
-
-Mutual information: plug-in estimate on a discretisation that gives zero its own bin, with the
-Miller-Madow bias correction. Why this and not KSG (scikit-learn's estimator): microbiome columns
-are mostly exact zeros, and a k-NN estimator sees those as a pile of ties that it must break with
-jitter, while "absent vs present" is precisely the signal a sparse profile carries. Bin 0 holds
-the zeros; the nonzero values of each column go to round(nnz^(1/3)) (at most `mi_bins`)
-equal-frequency bins (by rank, ties sharing a bin), so sparse taxa are not spread over cells they
-cannot fill. The joint counts of all pairs are one product H^T H of the one-hot code matrix,
-so MI for all pairs costs one (D*K)^2 matmul (K = 1 + the most bins any column uses), done in
-column blocks to bound memory. Miller-Madow (`mi_bias_correction`, on by default) subtracts the
-first-order plug-in bias (K_ab - K_a - K_b + 1) / (2n). Without it, independent pairs score about
-0.05-0.1 nats at n = 300, so a fixed MI threshold would mean different things at different n and
-sparsity. It costs about 0.04 of rank agreement with KSG.
-Agreement with `mutual_info_regression(k=3)` (tests/bench/deps.py, 300 random pairs, 20 sklearn
-seeds): Spearman 0.69 / 0.75 / 0.87 against one sklearn run on COAD / STAD / HNSC, and 0.81 / 0.87 / 0.94
-against the 20-seed mean. The reference itself is noisy: sklearn jitters every exact zero, and one
-sklearn seed against another agrees at only 0.71 / 0.73 / 0.85. Against the mean of the other 19
-seeds it agrees at 0.82 / 0.80 / 0.90, which is the most any estimator can reach against one run unless it
-replays that run's jitter. The remaining gap to the seed mean on COAD (the least sparse set) is a real
-difference. KSG's digamma small-count terms largely ignore a moderate co-absence pattern (two taxa
-absent in the same samples), which the zero bin counts in full.
-Where agreement with sklearn is what matters, `DepSettings(mi_estimator="ksg")` (CLI
-`--mi-estimator ksg`, core/deps_ksg.py) computes sklearn's own KSG for all pairs, batched in torch,
-with sklearn's scaling and jitter: with the same jitter seed it equals `mutual_info_regression`
-pair for pair (200 random COAD pairs: max |difference| < 2e-15 nats, Spearman 1.0; also for
-2- and 4-seed means on both sides). `mi_jitter_repeats` averages over seeds, but that does not
-remove the jitter's effect: at different seeds, "Spearman >= 0.9 with sklearn" holds only for means over
-many seeds on both sides (two 10-seed means: 0.93 on COAD), so the jitter, not the estimator, sets the
-ceiling. KSG costs O(n^2) per pair (all 5565 COAD pairs, n = 561: 8.9 s per seed on 2 idle cores, 43-60 s
-on loaded ones, under 1.1 GB resident), against sklearn's own KD-tree loop, O(n log n) per pair,
-extrapolated to 16-17 s for the same pairs (speedup 0.4-1.8, tests/bench/deps.py). Batching buys
-exactness and a GPU path, not CPU speed. So it is an option for review and for the D ~ 100 TCMA sets, not for D = 1695, and it has
-no permutation test.
-Negative values are clipped to 0.
-
-Permutation p-values: the marginals are invariant under a row permutation, so one permutation of
-the sample axis of one copy of H gives a null joint table for every pair at once; the Python loop
-runs over permutations only, and only the upper triangle is computed (half the cost).
-p = (1 + #{null >= observed}) / (1 + P), the same for [i, j] and [j, i].
-
-Missing values (NaN): the training view holds out test/validation entries as NaN (MODEL.md
-section 3: statistics never see ground truth). NaN is treated as 0, i.e. unobserved, the same as a
-zero of a sparse profile, which is itself "not seen" (absent or undetected). This keeps every pair
-on the same complete design, so F is an exact OLS F on a fixed matrix (and equals statsmodels on
-it) and MI needs no per-pair sample sizes. The cost: held-out entries were nonzero, so the view is
-slightly sparser than the truth; that attenuates statistics equally in every trial of a study and
-cannot leak the held-out values, which are never read.
+Missing values (NaN): the training view holds out test/validation entries as NaN (statistics never
+see ground truth). NaN is treated as 0, i.e. unobserved, the same as a zero of a sparse profile,
+which is itself "not seen" (absent or undetected). This keeps every pair on the same complete
+design, so F is an exact OLS F on a fixed matrix (and equals statsmodels on it) and MI needs no
+per-pair sample sizes. The cost: held-out entries were nonzero, so the view is slightly sparser
+than the truth; that attenuates statistics equally in every trial of a study and cannot leak the
+held-out values, which are never read.
 """
 from __future__ import annotations
 
@@ -71,6 +24,9 @@ from typing import Sequence
 
 import numpy as np
 
+from depmicro.core.deps.fstat import f_statistics
+from depmicro.core.deps.ksg import ksg_mutual_information
+from depmicro.core.deps.mi import mutual_information
 from depmicro.core.errors import DepmicroError
 
 
@@ -87,7 +43,7 @@ class DepSettings:
     seed: int = 0
     mi_bins: int = 8  # at most this many equal-frequency bins for a column's nonzero values (plus one for zeros)
     mi_bias_correction: bool = True  # Miller-Madow: near 0 for independent pairs, so thresholds mean the same at any n
-    mi_estimator: str = "binned"  # "binned" (plug-in, fast) or "ksg" (sklearn's k=3 estimator, core/deps_ksg.py)
+    mi_estimator: str = "binned"  # "binned" (plug-in, fast) or "ksg" (sklearn's k=3 estimator, deps/ksg.py)
     mi_jitter_repeats: int = 1  # ksg: average over jitter seeds seed .. seed + repeats - 1
 
     def __post_init__(self) -> None:
@@ -115,17 +71,6 @@ class DepStats:
     mi_pvalue: np.ndarray | None
     var_names: list[str]
     seconds: float
-
-
-def _torch_device(device: str | None):
-    import torch
-
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise DepmicroError(f"unknown torch device {device!r}") from None
 
 
 def order_from_metadata(metadata, column: str) -> np.ndarray:
@@ -158,160 +103,6 @@ def _prepare(Y: np.ndarray, order: np.ndarray | None) -> np.ndarray:
     return np.where(np.isnan(Y), 0.0, Y)  # NaN = held out = unobserved, like a zero (module docstring)
 
 
-# --- F ---------------------------------------------------------------------------------------
-
-def f_statistics(Y: np.ndarray, lag: int = 1, device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """F and p for all ordered pairs: [i, j] tests whether Y[:-lag, j] improves the prediction of
-    Y[lag:, i] beyond Y[:-lag, i]. Y must be NaN-free and already in sample order."""
-    import torch
-    from scipy.special import fdtrc
-
-    n, D = Y.shape
-    m = n - lag
-    df = m - 3
-    if df < 1:
-        raise DepmicroError(f"too few samples for lag-{lag} F-statistics: {n} samples leave {df} residual degrees of freedom")
-    dev = _torch_device(device)
-    Yt = torch.as_tensor(Y, dtype=torch.float64, device=dev)
-    L, T = Yt[:-lag], Yt[lag:]
-    Lc, Tc = L - L.mean(0), T - T.mean(0)
-    CLL = Lc.T @ Lc  # [a, b] = sum_t L_a L_b
-    CLT = Lc.T @ Tc  # [a, b] = sum_t L_a T_b
-    syy = (Tc * Tc).sum(0)
-    sxx = torch.diagonal(CLL)
-    sxy = torch.diagonal(CLT)
-    scale = float(np.abs(Y).max()) if Y.size else 0.0
-    tiny = m * (1e-12 * max(scale, 1e-300)) ** 2  # a centred sum of squares this small is a constant
-    xok = sxx > tiny
-    sxx_safe = torch.where(xok, sxx, torch.ones_like(sxx))
-    rss_r = syy - torch.where(xok, sxy * sxy / sxx_safe, torch.zeros_like(sxy))  # (D,) per target i
-    # pair [i, j]: x = L_i, z = L_j, y = T_i
-    sxz = CLL
-    b = torch.where(xok[:, None], sxz / sxx_safe[:, None], torch.zeros_like(sxz))  # z regressed on x
-    szz = sxx[None, :].expand(D, D)
-    szz_p = szz - b * sxz
-    szy_p = CLT.T - b * sxy[:, None]
-    zok = (szz > tiny) & (szz_p > 1e-10 * szz)  # z not constant and not collinear with x
-    red = torch.where(zok, szy_p * szy_p / torch.where(zok, szz_p, torch.ones_like(szz_p)), torch.zeros_like(szz_p))
-    red = torch.minimum(torch.clamp(red, min=0.0), rss_r[:, None].clamp(min=0.0))
-    rss_f = rss_r[:, None] - red
-    yok = syy > tiny
-    floor = 1e-13 * syy[:, None]  # a perfect fit gives a huge finite F rather than inf/NaN
-    F = torch.where(yok[:, None] & zok, red / (torch.maximum(rss_f, floor) / df), torch.zeros_like(red))
-    F.fill_diagonal_(0.0)
-    F = F.cpu().numpy()
-    const = np.ptp(Y, axis=0) == 0  # whole column constant: F = 0 whichever side it is on
-    F[const, :] = 0.0
-    F[:, const] = 0.0
-    p = fdtrc(1, df, F)
-    p[F == 0] = 1.0
-    np.fill_diagonal(p, 1.0)
-    return F, p
-
-
-# --- MI --------------------------------------------------------------------------------------
-
-def bin_codes(Y: np.ndarray, bins: int) -> np.ndarray:
-    """(n, D) int codes: 0 for an exact zero, 1..B_i for equal-frequency bins of the nonzero values of
-    column i (by min-rank, so equal values always share a bin), B_i = round(nnz_i^(1/3)) capped at
-    `bins`: the cube-root rule, so a taxon seen in 8 samples gets 2 bins and one seen in 500 gets 8."""
-    from scipy.stats import rankdata
-
-    Y = np.asarray(Y, dtype=np.float64)
-    nz = Y != 0
-    keyed = np.where(nz, Y, -np.inf)  # zeros rank first, whatever the sign of the data
-    rank = rankdata(keyed, method="min", axis=0) - 1  # 0-based
-    n_zero = (~nz).sum(0)
-    nnz = nz.sum(0)
-    B = np.clip(np.round(np.cbrt(nnz)), 1, bins).astype(np.int64)
-    codes = 1 + np.floor((rank - n_zero) * B / np.maximum(nnz, 1)).astype(np.int64)
-    codes = np.clip(codes, 1, B)
-    return np.where(nz, codes, 0)
-
-
-def _onehot(codes: np.ndarray, K: int, dev):
-    import torch
-
-    n, D = codes.shape
-    idx = torch.as_tensor(codes + K * np.arange(D)[None, :], device=dev)
-    H = torch.zeros((n, D * K), dtype=torch.float32, device=dev)
-    H.scatter_(1, idx, 1.0)
-    return H
-
-
-def _block_rows(D: int, K: int, budget: int = 16_000_000) -> int:
-    return max(1, min(D, budget // max(1, D * K * K)))
-
-
-def _joint_terms(Ha, Hb, D: int, K: int, correction: bool, upper: bool = False):
-    """Sum over cells of N log N (and the number of occupied cells) for every pair, block by block.
-    With `upper`, only pairs j >= i (in blocks) are computed; the rest of the matrix is left 0."""
-    import torch
-
-    n = Ha.shape[0]
-    assert n < 2**24  # counts stay exact integers in float32
-    rows = _block_rows(D, K)
-    out = torch.zeros((D, D), dtype=torch.float64, device=Ha.device)
-    occ = torch.zeros((D, D), dtype=torch.float64, device=Ha.device) if correction else None
-    for s in range(0, D, rows):
-        e = min(D, s + rows)
-        c0 = s if upper else 0
-        N = (Ha[:, s * K : e * K].T @ Hb[:, c0 * K :]).reshape(e - s, K, D - c0, K)
-        N64 = N.to(torch.float64)  # MI is a small difference of large N log N sums
-        out[s:e, c0:] = torch.xlogy(N64, N64).sum(dim=(1, 3))
-        if correction:
-            occ[s:e, c0:] = (N > 0).sum(dim=(1, 3)).to(torch.float64)
-    return out, occ
-
-
-def _marginal_terms(H, D: int, K: int):
-    import torch
-
-    Nm = H.sum(0).reshape(D, K).to(torch.float64)
-    return torch.xlogy(Nm, Nm).sum(1), (Nm > 0).sum(1).to(torch.float64)
-
-
-def _mi_from(joint, occ, marg, kmarg, n: int, correction: bool):
-    import torch
-
-    mi = (joint - marg[:, None] - marg[None, :]) / n + float(np.log(n))
-    if correction:
-        mi = mi - (occ - kmarg[:, None] - kmarg[None, :] + 1.0) / (2.0 * n)
-    mi = torch.clamp(mi, min=0.0)
-    mi.fill_diagonal_(0.0)
-    return mi
-
-
-def mutual_information(Y: np.ndarray, bins: int = 4, *, correction: bool = True, n_permutations: int = 0,
-                       seed: int = 0, device: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """MI (nats) for all pairs and, with n_permutations > 0, permutation p-values (module docstring)."""
-    import torch
-
-    n, D = Y.shape
-    codes = bin_codes(Y, bins)
-    K = int(codes.max()) + 1  # bins actually used: sparse data needs fewer, and cost grows with K^2
-    dev = _torch_device(device)
-    H = _onehot(codes, K, dev)
-    marg, kmarg = _marginal_terms(H, D, K)
-    joint, occ = _joint_terms(H, H, D, K, correction)
-    mi = _mi_from(joint, occ, marg, kmarg, n, correction)
-    pval = None
-    if n_permutations > 0:
-        gen = np.random.default_rng(seed)
-        exceed = torch.zeros((D, D), dtype=torch.float64, device=dev)
-        upper = torch.triu(torch.ones((D, D), dtype=torch.bool, device=dev), diagonal=1)
-        for _ in range(n_permutations):  # one null draw per unordered pair and permutation
-            perm = torch.as_tensor(gen.permutation(n), device=dev)
-            j, o = _joint_terms(H, H[perm], D, K, correction, upper=True)
-            null = _mi_from(j, o, marg, kmarg, n, correction)
-            exceed += ((null >= mi) & upper).to(torch.float64)
-        exceed = exceed + exceed.T
-        pval = ((1.0 + exceed) / (1.0 + n_permutations)).cpu().numpy()
-        np.fill_diagonal(pval, 1.0)
-    mi = mi.cpu().numpy()
-    return (mi + mi.T) / 2.0, pval  # exact symmetry (float rounding of the two block orders)
-
-
 # --- public API ------------------------------------------------------------------------------
 
 def compute_dep_stats(Y: np.ndarray, settings: DepSettings = DepSettings(), *, order: np.ndarray | None = None,
@@ -333,8 +124,6 @@ def compute_dep_stats(Y: np.ndarray, settings: DepSettings = DepSettings(), *, o
         raise DepmicroError(f"{len(names)} taxon names for {D} columns")
     f, fp = f_statistics(X, settings.lag, device)
     if settings.mi_estimator == "ksg":
-        from depmicro.core.deps.ksg import ksg_mutual_information
-
         mi, mip = ksg_mutual_information(X, seed=settings.seed, repeats=settings.mi_jitter_repeats, device=device), None
     else:
         mi, mip = mutual_information(X, settings.mi_bins, correction=settings.mi_bias_correction,
