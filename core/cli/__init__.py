@@ -1,5 +1,6 @@
-"""The `depmicro` command. Each package contributes its subcommands through the
-`depmicro.commands` entry-point group, so the core never imports Ray or MLflow.
+"""The `depmicro` command: the parser, the error convention and output. The core's commands are in
+COMMANDS (one module per group); each package contributes its own through the `depmicro.commands`
+entry-point group, so the core never imports Ray or MLflow.
 
 A subcommand handler returns a dict (printed as JSON with --json, else as `key: value` lines)
 or None. A DepmicroError anywhere becomes one line on stderr and exit status 2.
@@ -11,20 +12,18 @@ import json
 import math
 import sys
 from importlib.metadata import entry_points
-from typing import Any, Callable
+from typing import Any
 
+from depmicro.core.cli import data, deps, model
+from depmicro.core.cli.common import Handler, add_command
 from depmicro.core.errors import DepmicroError
 
-Handler = Callable[[argparse.Namespace], "dict | None"]
+# Every command of the core, in the order `depmicro --help` lists them: one `register(sub)` per group.
+# Studies and analysis add theirs through the `depmicro.commands` entry points (pyproject.toml), so
+# the core never imports Ray or MLflow.
+COMMANDS = (data.register, deps.register, model.register)
 
-
-def add_command(sub: argparse._SubParsersAction, name: str, handler: Handler, help: str, json_flag: bool = True) -> argparse.ArgumentParser:
-    """Register a subcommand; every command that prints results gets --json."""
-    p = sub.add_parser(name, help=help, description=help)
-    if json_flag:
-        p.add_argument("--json", action="store_true", help="print results as one JSON object")
-    p.set_defaults(_handler=handler)
-    return p
+__all__ = ["COMMANDS", "Handler", "add_command", "build_parser", "emit", "main", "register"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -89,68 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-# --- core subcommands -------------------------------------------------------------------------
-
-def _cmd_data(args: argparse.Namespace) -> dict:
-    from depmicro.core.data import inspect, load_dataset
-
-    return inspect(load_dataset(args.path, metadata=args.metadata, orientation=args.orientation))
-
-
-def _cmd_baseline(args: argparse.Namespace) -> dict:
-    from depmicro.core.data.baselines import impute_with_baseline, make_baseline
-    from depmicro.core.data import load_dataset
-    from depmicro.core.data.evaluation import evaluate, make_split
-
-    make_baseline(args.method)  # validates the name before reading data
-    ds = load_dataset(args.path, orientation=args.orientation)
-    Y = ds.normalized
-    split = make_split(Y, seed=args.seed, test_ratio=args.test_ratio, val_ratio=args.val_ratio)
-    filled, seconds = impute_with_baseline(args.method, Y, split.observed, seed=args.seed)
-    metrics = evaluate(Y, filled, split.test)
-    return {"dataset": ds.name, "method": args.method, "seed": args.seed, **metrics, "seconds": round(seconds, 3)}
-
-
-def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", help=".h5ad, .csv or .tsv count table")
-    p.add_argument("--orientation", default="auto", choices=["auto", "samples", "taxa"], help="rows are samples or taxa (auto-detected by default)")
-
-
-def _ratio(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < v < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {v}")
-    return v
-
-
 def register(sub: argparse._SubParsersAction) -> None:
-    data = sub.add_parser("data", help="inspect a data set")
-    dsub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    p = add_command(dsub, "inspect", _cmd_data, "sizes, sparsity and empty samples of a count table")
-    _data_args(p)
-    p.add_argument("--metadata", help="per-sample metadata table (first column: sample id)")
-    p.set_defaults(command="data inspect")
-
-    p = add_command(sub, "baseline", _cmd_baseline, "score a classical imputer under the held-out protocol")
-    _data_args(p)
-    p.add_argument("--method", required=True, choices=["mean", "knn", "iterative"])
-    p.add_argument("--seed", type=int, default=0, help="seed of the held-out masks (and of the imputer)")
-    p.add_argument("--test-ratio", type=_ratio, default=0.1, help="fraction of nonzero entries held out for test")
-    p.add_argument("--val-ratio", type=_ratio, default=0.1, help="fraction of the remaining nonzero entries held out for validation")
-
-    # further core commands (deps, train, impute) register here from their own modules
-    for mod in ("depmicro.core.cli.deps", "depmicro.core.cli.model"):
-        try:
-            module = __import__(mod, fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:
-                raise
-            continue
-        module.register(sub)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    """The core's entry point in the `depmicro.commands` group."""
+    for add in COMMANDS:
+        add(sub)

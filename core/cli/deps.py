@@ -3,43 +3,10 @@ reuse as a study's precomputed matrices."""
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
-from depmicro.core.cli import add_command
+from depmicro.core.cli.common import add_command, alpha, count, nonneg
 from depmicro.core.errors import DepmicroError
-
-
-def _nonneg(name: str):
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} is not a number: {text!r}") from None
-        if not math.isfinite(v) or v < 0:
-            raise argparse.ArgumentTypeError(f"{name} must be a finite number >= 0, not {text}")
-        return v
-    return parse
-
-
-def _alpha(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < v <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], not {text}")
-    return v
-
-
-def _count(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, not {v}")
-    return v
 
 
 def _cmd_deps(args: argparse.Namespace) -> dict:
@@ -95,12 +62,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metadata", help="per-sample metadata table (first column: sample id)")
     p.add_argument("--order-by", help="metadata column ordering the samples for the lag (default: file order)")
     p.add_argument("--lag", type=int, default=1, help="Granger lag in samples (default 1)")
-    p.add_argument("--f-threshold", type=_nonneg("F threshold"), default=3.84, help="directed edge j->i when F > this (default 3.84)")
-    p.add_argument("--mi-threshold", type=_nonneg("MI threshold"), default=0.1, help="symmetric edge when MI > this, in nats (default 0.1)")
-    p.add_argument("--f-alpha", type=_alpha, help="also require F p-value <= this")
-    p.add_argument("--mi-alpha", type=_alpha, help="also require permutation p-value <= this (needs --permutations)")
+    p.add_argument("--f-threshold", type=nonneg("F threshold"), default=3.84, help="directed edge j->i when F > this (default 3.84)")
+    p.add_argument("--mi-threshold", type=nonneg("MI threshold"), default=0.1, help="symmetric edge when MI > this, in nats (default 0.1)")
+    p.add_argument("--f-alpha", type=alpha, help="also require F p-value <= this")
+    p.add_argument("--mi-alpha", type=alpha, help="also require permutation p-value <= this (needs --permutations)")
     p.add_argument("--fdr", action="store_true", help="Benjamini-Hochberg q-values instead of p-values for the alphas")
-    p.add_argument("--permutations", type=_count, default=0, help="MI permutation test with N permutations (default 0: none)")
+    p.add_argument("--permutations", type=count, default=0, help="MI permutation test with N permutations (default 0: none)")
     p.add_argument("--mi-bins", type=int, default=8, help="at most this many bins for a taxon's nonzero values (default 8)")
     p.add_argument("--mi-estimator", choices=["binned", "ksg"], default="binned",
                    help="binned plug-in (default, fast) or ksg: scikit-learn's k=3 estimator for all pairs (O(n^2) per pair)")

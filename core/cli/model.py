@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from depmicro.core.cli import add_command
+from depmicro.core.cli.common import add_command
 from depmicro.core.errors import DepmicroError
 
 

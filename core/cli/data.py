@@ -1,0 +1,43 @@
+"""`depmicro data inspect` and `depmicro baseline`. Heavy imports (pandas, scikit-learn) stay inside
+the handlers so that `depmicro --help` stays fast."""
+from __future__ import annotations
+
+import argparse
+
+from depmicro.core.cli.common import add_command, data_args, ratio
+
+
+def _cmd_data(args: argparse.Namespace) -> dict:
+    from depmicro.core.data import inspect, load_dataset
+
+    return inspect(load_dataset(args.path, metadata=args.metadata, orientation=args.orientation))
+
+
+def _cmd_baseline(args: argparse.Namespace) -> dict:
+    from depmicro.core.data.baselines import impute_with_baseline, make_baseline
+    from depmicro.core.data import load_dataset
+    from depmicro.core.data.evaluation import evaluate, make_split
+
+    make_baseline(args.method)  # validates the name before reading data
+    ds = load_dataset(args.path, orientation=args.orientation)
+    Y = ds.normalized
+    split = make_split(Y, seed=args.seed, test_ratio=args.test_ratio, val_ratio=args.val_ratio)
+    filled, seconds = impute_with_baseline(args.method, Y, split.observed, seed=args.seed)
+    metrics = evaluate(Y, filled, split.test)
+    return {"dataset": ds.name, "method": args.method, "seed": args.seed, **metrics, "seconds": round(seconds, 3)}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="inspect a data set")
+    dsub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    p = add_command(dsub, "inspect", _cmd_data, "sizes, sparsity and empty samples of a count table")
+    data_args(p)
+    p.add_argument("--metadata", help="per-sample metadata table (first column: sample id)")
+    p.set_defaults(command="data inspect")
+
+    p = add_command(sub, "baseline", _cmd_baseline, "score a classical imputer under the held-out protocol")
+    data_args(p)
+    p.add_argument("--method", required=True, choices=["mean", "knn", "iterative"])
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out masks (and of the imputer)")
+    p.add_argument("--test-ratio", type=ratio, default=0.1, help="fraction of nonzero entries held out for test")
+    p.add_argument("--val-ratio", type=ratio, default=0.1, help="fraction of the remaining nonzero entries held out for validation")
