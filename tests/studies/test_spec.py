@@ -54,7 +54,7 @@ def test_paper_sweep_and_ablations_parse():
 def test_tune_mapping_of_each_search_kind():
     from ray import tune
 
-    from depmicro.studies.runner import _num_samples, _scheduler, _search_alg, param_space
+    from depmicro.studies.tuner import num_samples as _num_samples, param_space, scheduler as _scheduler, search_alg as _search_alg
     from depmicro.studies.trainable import TRIAL_INDEX, resolve_trial
 
     raw = _quick()

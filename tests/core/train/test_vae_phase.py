@@ -1,14 +1,10 @@
 """The VAE phase is paid once per key: a cache hit gives the same trial as a miss, the key follows
-exactly the VAE's inputs, a damaged entry is retrained rather than used, and study trials hit."""
+exactly the VAE's inputs, and a damaged entry is retrained rather than used (study trials: tests/studies/test_prepare.py)."""
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from depmicro.core.model.config import config_from_dict
 from depmicro.core.errors import DepmicroError
@@ -147,29 +143,3 @@ def test_resume_takes_the_vae_from_the_checkpoint(sets, tmp_path):
     assert resumed.test == full.test
     va, vb = full.imputer.vae.state_dict(), resumed.imputer.vae.state_dict()
     assert all(torch.equal(va[k], vb[k]) for k in va)
-
-
-def test_study_trials_use_the_driver_vae(quickstart_run):
-    """The quickstart study (session fixture, shared with the other study tests): one warm-up line
-    and one cache entry for its one data key, and every trial that reported got the shipped VAE."""
-    err = quickstart_run["stderr"]
-    assert err.count("VAE for synthetic/s0") == 1
-    cache = Path(quickstart_run["storage"]) / ".dep_cache"
-    assert len(list(cache.glob("vae-*.safetensors"))) == 1
-    exp = Path(quickstart_run["storage"]) / quickstart_run["name"]
-    results = [json.loads(line) for f in exp.glob("*/result.json") for line in f.read_text().splitlines() if line.strip()]
-    final = [r for r in results if "test_pcc" in r]
-    assert final and all(r["vae_cached"] == 1 and r["vae_seconds"] == 0.0 for r in final)
-
-
-def test_driver_warms_only_when_the_search_leaves_the_vae_alone(tmp_path):
-    from depmicro.studies.runner import _searches_vae
-    from depmicro.studies.spec import load_spec
-    from tests.conftest import QUICKSTART, small_study
-
-    assert not _searches_vae(load_spec(QUICKSTART))
-    path = small_study(tmp_path, "vae_search")
-    raw = yaml.safe_load(path.read_text())
-    raw["search_space"]["vae_epochs"] = {"type": "choice", "values": [2, 3]}
-    path.write_text(yaml.safe_dump(raw))
-    assert _searches_vae(load_spec(path))

@@ -1,0 +1,122 @@
+"""The Ray Tune pieces of a study: search space, search algorithm, scheduler, resources, run config
+and the progress lines. Why each mapping: see runner.py's docstring."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+from ray.tune import Callback
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import Repeater
+from ray.tune.search.basic_variant import BasicVariantGenerator
+from ray.tune.search.optuna import OptunaSearch
+
+from depmicro.studies.spec import StudySpec
+from depmicro.studies.tracking import print_line
+from depmicro.studies.trainable import SharedData, data_combos, resolve_trial, train_trial
+
+
+def param_space(spec: StudySpec) -> dict:
+    space: dict = {}
+    for k, p in spec.search_space.items():
+        if p.type == "grid" or (spec.search == "grid" and p.type == "choice"):
+            space[k] = tune.grid_search(list(p.values))
+        elif p.type == "choice":
+            space[k] = tune.choice(list(p.values))
+        elif p.type == "uniform":
+            space[k] = tune.uniform(p.low, p.high)
+        elif p.type == "loguniform":
+            space[k] = tune.loguniform(p.low, p.high)
+        else:  # int, inclusive bounds
+            space[k] = tune.randint(int(p.low), int(p.high) + 1)
+    if spec.search != "optuna":
+        keys = spec.data_keys
+        space["data"] = tune.grid_search(keys) if len(keys) > 1 else keys[0]
+        if spec.replicates > 1:
+            space["replicate"] = tune.grid_search(list(range(spec.replicates)))
+        arms = list(spec.arms)
+        space["arm"] = tune.grid_search(arms) if len(arms) > 1 else arms[0]
+    return space
+
+
+def search_alg(spec: StudySpec):
+    if spec.search != "optuna":
+        return BasicVariantGenerator(random_state=spec.search_seed)
+    searcher = OptunaSearch(metric=spec.metric, mode=spec.mode, seed=spec.search_seed)
+    n = len(data_combos(spec))
+    if n > 1:
+        searcher = Repeater(searcher, repeat=n)
+    return searcher
+
+
+def scheduler(spec: StudySpec):
+    if spec.scheduler.type == "none":
+        return None
+    return ASHAScheduler(time_attr="epoch", max_t=spec.max_epochs(), grace_period=spec.scheduler.grace_period,
+                         reduction_factor=spec.scheduler.reduction_factor, stop_last_trials=False)
+
+
+def num_samples(spec: StudySpec) -> int:
+    return spec.num_samples * len(data_combos(spec)) if spec.search == "optuna" else spec.num_samples
+
+
+def trainable(shared: SharedData):
+    res = {"cpu": shared.spec.resources.cpu, "gpu": shared.spec.resources.gpu}
+    return tune.with_resources(tune.with_parameters(train_trial, shared=shared), res)
+
+
+def run_config(spec: StudySpec, storage: Path, callbacks: list):
+    return tune.RunConfig(
+        name=spec.name, storage_path=str(storage), callbacks=callbacks, verbose=0,
+        failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+    )
+
+
+# --- progress ---------------------------------------------------------------------------------
+
+def progress_callback(spec: StudySpec, total: int):
+    class Progress(Callback):
+        """One line per event on stderr: start, validated epoch, end. Quiet enough for a log file."""
+
+        def __init__(self) -> None:
+            self.t0 = time.time()
+            self.done = 0
+
+        def __setstate__(self, state):  # restored with the Tuner: restart the clock and the count
+            self.__dict__.update(state)
+            self.t0 = time.time()
+
+        def _p(self, text: str) -> None:
+            print_line(f"[{spec.name} {time.time() - self.t0:6.0f}s] {text}")
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            s = resolve_trial(spec, trial.config)
+            shown = ", ".join(f"{k}={_fmt(trial.config[k])}" for k in spec.search_space if k in trial.config)
+            self._p(f"trial {trial.trial_id} start  {s.data_key} {s.arm}{' ' + shown if shown else ''}")
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            m = result.get(spec.metric)
+            self._p(f"trial {trial.trial_id} epoch {result.get('epoch')}  {spec.metric}={_fmt(m)}"
+                    + (f"  test_pcc_per_microbe={_fmt(result['test_pcc_per_microbe'])}" if "test_pcc_per_microbe" in result else ""))
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.done += 1
+            how = "finished" if "test_pcc" in (trial.last_result or {}) else "stopped early"
+            self._p(f"trial {trial.trial_id} {how} ({self.done}/{total} done this session)")
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            self._p(f"trial {trial.trial_id} failed, retrying from its last checkpoint")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._p(f"trial {trial.trial_id} ERROR (see {trial.path})")
+
+    return Progress()
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
