@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from depmicro.analysis.runs import METRICS, StudyRuns, load_study
+from depmicro.analysis.runs import StudyRuns, load_study
+from depmicro.core.data.evaluation import COUNTS, METRICS, direction
 from depmicro.core.errors import DepmicroError
 from depmicro.core.io.manifest import MANIFEST
 
@@ -57,7 +58,7 @@ def _val_metrics_at_best(client, run_id: str, val_metric: str) -> dict:
     sel = hist.get(val_metric) or {}
     if not sel:
         return {}
-    lower = val_metric in ("rmse", "mae")
+    lower = direction(val_metric) == "min"
     step = (min if lower else max)(sel, key=lambda s: (sel[s], -s) if not lower else (sel[s], s))
     return {"epoch": int(step), **{m: hist[m].get(step) for m in METRICS}}
 
@@ -87,7 +88,7 @@ def export(study_name: str, out: str | Path, tracking_uri: str | None = None, me
         "selection": {"metric": metric, "mode": mode, "value": float(best[metric])},
         "val": {"best_val_pcc_per_microbe": _finite(best.get("best_val_pcc_per_microbe")),
                 **_val_metrics_at_best(client, run_id, cfg_val_metric)},
-        "test": {m: _finite(best.get(f"test_{m}")) for m in (*METRICS, "n_microbes", "n_heldout")},
+        "test": {m: _finite(best.get(f"test_{m}")) for m in (*METRICS, *COUNTS)},
     }
     for k in ("n_microbes", "n_heldout"):
         if metrics["test"][k] is not None:

@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from depmicro.core.data.evaluation import METRICS
 from depmicro.core.errors import DepmicroError
 
-METRICS = ("pcc_per_microbe", "pcc", "cos", "rmse", "mae")
-LOWER_IS_BETTER = frozenset({"rmse", "mae"})
 FINISHED = "TERMINATED"
 
 

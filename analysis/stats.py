@@ -13,6 +13,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from depmicro.core.data.evaluation import direction
+
 COLUMNS = ["dataset", "metric", "label", "reference", "n_pairs", "mean", "mean_reference", "mean_diff",
            "ci_low", "ci_high", "cohens_d", "t", "p_ttest", "p_wilcoxon", "p_holm"]
 
@@ -22,9 +24,7 @@ def reference_label(results: pd.DataFrame, metric: str = "pcc_per_microbe") -> s
     col = f"test_{metric}"
     r = results[results["kind"] != "baseline"] if (results["kind"] != "baseline").any() else results
     per = r.groupby(["label", "dataset"])[col].mean().groupby("label").mean()
-    from depmicro.analysis.runs import LOWER_IS_BETTER
-
-    return str(per.idxmin() if metric in LOWER_IS_BETTER else per.idxmax())
+    return str(per.idxmin() if direction(metric) == "min" else per.idxmax())
 
 
 def paired(a: np.ndarray, b: np.ndarray) -> dict[str, float]:

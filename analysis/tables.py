@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from depmicro.analysis.runs import LOWER_IS_BETTER, METRICS
+from depmicro.core.data.evaluation import METRICS, direction
 from depmicro.core.io.atomic import atomic_write_text
 
 
@@ -30,7 +30,7 @@ def best_labels(summ: pd.DataFrame) -> set[tuple[str, str, str]]:
     """(label, dataset, metric) of the best mean per dataset and metric (ties all count)."""
     best = set()
     for (dataset, metric), g in summ.dropna(subset=["mean"]).groupby(["dataset", "metric"]):
-        target = g["mean"].min() if metric in LOWER_IS_BETTER else g["mean"].max()
+        target = g["mean"].min() if direction(metric) == "min" else g["mean"].max()
         for label in g.loc[g["mean"] == target, "label"]:
             best.add((label, dataset, metric))
     return best

@@ -15,15 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from depmicro.core.data.baselines import BASELINES
+from depmicro.core.data.evaluation import METRICS, direction
 from depmicro.core.errors import DepmicroError
 
 SYNTHETIC = "synthetic"
 PARAM_TYPES = ("uniform", "loguniform", "int", "choice", "grid")
 SEARCH_ALGORITHMS = ("optuna", "random", "grid")
 SCHEDULERS = ("asha", "none")
-BASELINES = ("mean", "knn", "iterative")
-VAL_METRICS = ("pcc", "cos", "rmse", "mae", "pcc_per_microbe")
-MINIMIZED = ("rmse", "mae")
 TOP_KEYS = (
     "name", "description", "datasets", "seeds", "test_ratio", "val_ratio", "base_config", "search_space", "ablate",
     "search", "scheduler", "num_samples", "max_concurrent_trials", "resources_per_trial", "replicates", "metric",
@@ -481,10 +480,10 @@ def _resources(v: Any) -> Resources:
 
 
 def _metric(metric: Any, mode: Any) -> tuple[str, str]:
-    allowed = [f"val_{m}" for m in VAL_METRICS] + [f"best_val_{m}" for m in VAL_METRICS]
+    allowed = [f"val_{m}" for m in METRICS] + [f"best_val_{m}" for m in METRICS]
     if metric not in allowed:
         raise DepmicroError(f"metric must be one of {', '.join(allowed)}, not {metric!r}")
-    natural = "min" if metric.rsplit("_", 1)[-1] in MINIMIZED else "max"
+    natural = direction(metric.removeprefix("best_").removeprefix("val_"))
     mode = natural if mode is None else mode
     if mode not in ("min", "max"):
         raise DepmicroError(f"mode must be min or max, not {mode!r}")

@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from depmicro.studies.spec import VAL_METRICS, StudySpec
+from depmicro.core.data.evaluation import METRICS, better
+from depmicro.studies.spec import StudySpec
 
 TRIAL_INDEX = "__trial_index__"  # set by ray.tune.search.Repeater (Optuna over several datasets/seeds)
-EPOCH_KEYS = ("train_loss", "epoch_seconds", *(f"val_{m}" for m in VAL_METRICS))
+EPOCH_KEYS = ("train_loss", "epoch_seconds", *(f"val_{m}" for m in METRICS))
 FINAL_FILE = "final.json"
 TRIAL_FILE = "trial.json"
 
@@ -82,12 +83,12 @@ def resolve_trial(spec: StudySpec, config: dict) -> TrialSetup:
 
 
 def _best_so_far(best: dict, val: dict) -> dict:
-    for m in VAL_METRICS:
+    for m in METRICS:
         v = val.get(m)
         if v is None or (isinstance(v, float) and math.isnan(v)):
             continue
         key = f"best_val_{m}"
-        if key not in best or ((v < best[key]) if m in ("rmse", "mae") else (v > best[key])):
+        if better(m, v, best.get(key)):
             best[key] = float(v)
     return best
 
@@ -138,7 +139,7 @@ def train_trial(config: dict, shared: SharedData) -> None:
             return None
         _best_so_far(best, rep.val)
         metrics = {"epoch": rep.epoch, "train_loss": float(rep.train_loss), "epoch_seconds": float(rep.seconds),
-                   **{f"val_{m}": float(rep.val[m]) for m in VAL_METRICS if m in rep.val}, **best, "node_id": node_id}
+                   **{f"val_{m}": float(rep.val[m]) for m in METRICS if m in rep.val}, **best, "node_id": node_id}
         d = Path(tempfile.mkdtemp(prefix="depmicro-ckpt-"))
         rep.save_checkpoint(d / "state")
         (d / TRIAL_FILE).write_text(json.dumps({"elapsed": elapsed_before + time.time() - t_start, "best": best}))
@@ -192,5 +193,5 @@ def _last_metrics(res, best: dict, node_id: str) -> dict:
     last = next((h for h in reversed(res.history) if h.get("val")), res.history[-1] if res.history else {})
     val = last.get("val") or {}
     return {"epoch": int(last.get("epoch", res.epochs)), "train_loss": float(last.get("train_loss", float("nan"))),
-            "epoch_seconds": float(last.get("seconds", 0.0)), **{f"val_{m}": float(val[m]) for m in VAL_METRICS if m in val},
+            "epoch_seconds": float(last.get("seconds", 0.0)), **{f"val_{m}": float(val[m]) for m in METRICS if m in val},
             **best, "node_id": node_id}

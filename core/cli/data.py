@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from depmicro.core.cli.common import add_command, data_args, ratio
+from depmicro.core.data.baselines import BASELINES
 
 
 def _cmd_data(args: argparse.Namespace) -> dict:
@@ -37,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = add_command(sub, "baseline", _cmd_baseline, "score a classical imputer under the held-out protocol")
     data_args(p)
-    p.add_argument("--method", required=True, choices=["mean", "knn", "iterative"])
+    p.add_argument("--method", required=True, choices=BASELINES)
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out masks (and of the imputer)")
     p.add_argument("--test-ratio", type=ratio, default=0.1, help="fraction of nonzero entries held out for test")
     p.add_argument("--val-ratio", type=ratio, default=0.1, help="fraction of the remaining nonzero entries held out for validation")

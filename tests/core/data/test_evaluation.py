@@ -70,3 +70,17 @@ def test_bad_ratios_and_nan_predictions_are_errors():
     P[s.test] = np.nan
     with pytest.raises(DepmicroError, match="NaN"):
         evaluate(Y, P, s.test)
+
+
+def test_metric_directions_have_one_home():
+    """Selection (fit), study modes (spec) and analysis all read the direction from core/data/evaluation.py."""
+    from depmicro.core.data.evaluation import LOWER_IS_BETTER, METRICS, better, direction
+    from depmicro.core.model.config import _CHOICES
+
+    assert LOWER_IS_BETTER <= set(METRICS) and _CHOICES["val_metric"] == METRICS
+    assert [direction(m) for m in METRICS] == ["max", "max", "max", "min", "min"]
+    assert better("rmse", 0.1, 0.2) and not better("rmse", 0.3, 0.2)
+    assert better("pcc_per_microbe", 0.3, 0.2) and not better("pcc", 0.1, 0.2)
+    assert better("mae", 0.5, None) and better("mae", 0.5, float("nan")) and not better("pcc", float("nan"), None)
+    with pytest.raises(DepmicroError, match="unknown metric"):
+        direction("auc")
