@@ -21,6 +21,7 @@ import pandas as pd
 from depmicro.analysis.runs import StudyRuns, load_study
 from depmicro.core.data.evaluation import COUNTS, METRICS, direction
 from depmicro.core.errors import DepmicroError
+from depmicro.studies.schema import ARTIFACT_MODEL
 from depmicro.core.io.manifest import MANIFEST
 
 DEFAULT_METRIC = "best_val_pcc_per_microbe"
@@ -98,14 +99,14 @@ def export(study_name: str, out: str | Path, tracking_uri: str | None = None, me
         "experiment_id": study.experiment_id, "dataset": best["dataset"],
         "seed": None if pd.isna(best["seed"]) else int(best["seed"]), "variant": best.get("variant"),
         "label": best.get("label"), "git_commit": best.get("git_commit"), "tracking_uri": study.tracking_uri,
-        "model_artifact": f"runs:/{run_id}/model",
+        "model_artifact": f"runs:/{run_id}/{ARTIFACT_MODEL}",
         "n_candidates": int(len(study.finished) if dataset is None else (study.finished["dataset"] == dataset).sum()),
         "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
     with tempfile.TemporaryDirectory(prefix="depmicro-export-") as tmp:
         try:
-            src = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model", dst_path=tmp))
+            src = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=ARTIFACT_MODEL, dst_path=tmp))
         except Exception as exc:  # artifact stores raise many kinds; the user needs one line
             raise DepmicroError(f"trial {best['trial_id']} (run {run_id}) has no downloadable model/ artifact "
                                 f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None

@@ -1,4 +1,4 @@
-"""A study's runs, read back from MLflow (docs: notes/TRACKING.md), as pandas frames.
+"""A study's runs, read back from MLflow (layout: studies/schema.py), as pandas frames.
 
 Everything downstream (tables, tests, figures, export) works from these frames, so a review never
 needs the Ray results folder: the tracking store is the record of a study.
@@ -17,8 +17,8 @@ import pandas as pd
 
 from depmicro.core.data.evaluation import METRICS
 from depmicro.core.errors import DepmicroError
-
-FINISHED = "TERMINATED"
+from depmicro.studies.schema import (ARTIFACT_PER_MICROBE, FINISHED, KIND_BASELINE, KIND_STUDY, KIND_TRIAL, TAG_PARENT,
+                                     TAG_PREFIX, default_tracking_uri, experiment_name, run_filter, sqlite_path, tag_column)
 
 
 @dataclass
@@ -74,17 +74,13 @@ def base_arms(study: StudyRuns) -> list[str]:
     return out
 
 
-def experiment_name(study: str) -> str:
-    return f"depmicro-{study}"
-
-
 def set_tracking(uri: str | None) -> str:
     import mlflow
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per downloaded run floods the terminal
-    uri = uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
+    uri = uri or default_tracking_uri()
+    db = sqlite_path(uri)
+    if db is not None:
         if not db.is_file():  # MLflow would silently create an empty store and report "no such study"
             raise DepmicroError(f"no MLflow database at {db} (give --tracking-uri)")
     mlflow.set_tracking_uri(uri)
@@ -112,7 +108,7 @@ def _typed_params(df: pd.DataFrame) -> pd.DataFrame:
 def _tidy(raw: pd.DataFrame) -> pd.DataFrame:
     if raw.empty:
         return pd.DataFrame()
-    tag = lambda k: raw.get(f"tags.depmicro.{k}", pd.Series([None] * len(raw), index=raw.index))  # noqa: E731
+    tag = lambda k: raw.get(tag_column(TAG_PREFIX + k), pd.Series([None] * len(raw), index=raw.index))  # noqa: E731
     base = pd.DataFrame({
         "run_id": raw["run_id"],
         "run_status": raw["status"],
@@ -124,7 +120,7 @@ def _tidy(raw: pd.DataFrame) -> pd.DataFrame:
         "method": tag("method"),
         "status": tag("status"),
         "git_commit": tag("git_commit"),
-        "parent_run_id": raw.get("tags.mlflow.parentRunId"),
+        "parent_run_id": raw.get(tag_column(TAG_PARENT)),
         "artifact_uri": raw["artifact_uri"],
         "start_time": raw["start_time"],
     })
@@ -178,16 +174,16 @@ def load_study(name: str, tracking_uri: str | None = None) -> StudyRuns:
         raise DepmicroError(f"no study {name!r} in {uri} (no MLflow experiment {experiment_name(name)!r})")
     raw = mlflow.search_runs(
         experiment_ids=[exp.experiment_id],
-        filter_string=f"tags.`depmicro.study` = '{name}'",
+        filter_string=run_filter(name),
         output_format="pandas",
         max_results=100000,
     )
     runs = _tidy(raw)
     if runs.empty:
         raise DepmicroError(f"study {name!r} in {uri} has no runs")
-    parent = runs[runs["kind"] == "study"]
-    trials, varying = _label_trials(runs[runs["kind"] == "trial"].reset_index(drop=True))
-    baselines = runs[runs["kind"] == "baseline"].reset_index(drop=True).copy()
+    parent = runs[runs["kind"] == KIND_STUDY]
+    trials, varying = _label_trials(runs[runs["kind"] == KIND_TRIAL].reset_index(drop=True))
+    baselines = runs[runs["kind"] == KIND_BASELINE].reset_index(drop=True).copy()
     if len(baselines):
         baselines["label"] = baselines["method"].astype(str) + " (baseline)"
         baselines["status"] = baselines["status"].fillna(FINISHED)
@@ -214,7 +210,7 @@ def per_microbe(run_ids: list[str], split: str = "test") -> dict[str, tuple[list
     with tempfile.TemporaryDirectory() as tmp:
         for rid in run_ids:
             try:
-                path = mlflow.artifacts.download_artifacts(run_id=rid, artifact_path="per_microbe_pcc.json",
+                path = mlflow.artifacts.download_artifacts(run_id=rid, artifact_path=ARTIFACT_PER_MICROBE,
                                                            dst_path=os.path.join(tmp, rid))
             except Exception:  # an artifact store raises many kinds; a run without the file is simply left out
                 continue

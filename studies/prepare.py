@@ -109,7 +109,7 @@ def warm_vae(spec: StudySpec, shared: SharedData, log=print) -> None:
         plan[key] = []
         for arm in spec.arms:
             for r in range(spec.replicates):
-                cfg = config_from_dict(resolve_trial(spec, {"data": key, "arm": arm, "replicate": r}).config)
+                cfg = resolve_trial(spec, {"data": key, "arm": arm, "replicate": r}).config
                 pre = [p.normalized for p in shared.pretrain.get(name, ())] if cfg.vae_pretrain else []
                 vkey = vae_cache_key(cfg, view, obs, pre)
                 if vkey in planned:

@@ -32,7 +32,7 @@ from depmicro.core.data.baselines import impute_with_baseline
 from depmicro.core.data.evaluation import evaluate, per_microbe_pcc
 from depmicro.core.errors import DepmicroError
 from depmicro.core.io.atomic import atomic_write_text
-from depmicro.studies import tracking, tuner
+from depmicro.studies import schema, tracking, tuner
 from depmicro.studies.spec import StudySpec, load_spec, spec_from_json, split_data_key
 from depmicro.studies.prepare import prepare_data, warm_vae
 from depmicro.studies.trainable import SharedData
@@ -78,7 +78,7 @@ def _run_baselines(spec: StudySpec, shared: SharedData, tracking_uri: str, exp_i
     for method in spec.baselines:
         for key in spec.data_keys:
             name, seed = split_data_key(key)
-            done = tracking.find_runs(client, exp_id, spec.name, "baseline", method=method, dataset=name, seed=seed)
+            done = tracking.find_runs(client, exp_id, spec.name, schema.KIND_BASELINE, method=method, dataset=name, seed=seed)
             if done and done[0].info.status == "FINISHED":
                 continue
             data, split = shared.datasets[name], shared.splits[key]
@@ -99,15 +99,15 @@ def run_study(path: str | os.PathLike, address: str | None = None, tracking_uri:
     """Validate the study file, start or join Ray, and run every trial (`depmicro study run`)."""
     log = log or tracking.print_line
     spec = load_spec(path)  # before anything starts: a bad file costs a second
-    tracking_uri = tracking.normalize_tracking_uri(tracking_uri or tracking.default_tracking_uri())
+    tracking_uri = schema.normalize_tracking_uri(tracking_uri or schema.default_tracking_uri())
     storage = storage_root(storage)
     exp = storage / spec.name
     if tune.Tuner.can_restore(str(exp)):
         raise DepmicroError(f"study {spec.name!r} already exists in {storage}; continue it with "
                             f"`depmicro study resume {spec.name}` or give the study another name")
     client = tracking.client_for(tracking_uri)
-    exp_obj = client.get_experiment_by_name(tracking.experiment_name(spec.name))
-    if exp_obj is not None and tracking.find_runs(client, exp_obj.experiment_id, spec.name, "trial"):
+    exp_obj = client.get_experiment_by_name(schema.experiment_name(spec.name))
+    if exp_obj is not None and tracking.find_runs(client, exp_obj.experiment_id, spec.name, schema.KIND_TRIAL):
         raise DepmicroError(f"MLflow at {tracking_uri} already holds trials of study {spec.name!r}; "
                             "resume it or give the study another name")
     spec_text = Path(path).read_text()
@@ -123,7 +123,7 @@ def resume_study(name: str, address: str | None = None, tracking_uri: str | None
     log = log or tracking.print_line
     exp = experiment_dir(name, storage)
     state = _read_state(exp)
-    if tracking_uri and tracking.normalize_tracking_uri(tracking_uri) != state["tracking_uri"]:
+    if tracking_uri and schema.normalize_tracking_uri(tracking_uri) != state["tracking_uri"]:
         raise DepmicroError(f"study {name!r} is tracked at {state['tracking_uri']}; resume it there (got {tracking_uri})")
     spec = spec_from_json(state["spec"])
     uri = state["tracking_uri"]
@@ -168,7 +168,7 @@ def _execute(spec: StudySpec, exp: Path, tracking_uri: str, exp_id: str, parent:
         # MLflow's status tags are the record (Tune counts a trial interrupted by Ctrl-C as ended, too)
         final_status = tracking.study_status(spec.name, tracking_uri)
         counts = final_status["counts"]
-        done = sum(v for k, v in counts.items() if k in tracking.TERMINAL)
+        done = sum(v for k, v in counts.items() if k in schema.TERMINAL)
         status = "FINISHED" if done >= total else "KILLED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -205,7 +205,7 @@ def study_status(name: str, tracking_uri: str | None = None, storage: str | os.P
     uri = tracking_uri
     if uri is None and (exp / STATE_FILE).is_file():
         uri = _read_state(exp)["tracking_uri"]
-    uri = tracking.normalize_tracking_uri(uri or tracking.default_tracking_uri())
+    uri = schema.normalize_tracking_uri(uri or schema.default_tracking_uri())
     out = tracking.study_status(name, uri)
     out["storage"] = str(exp)
     out["resumable"] = bool((exp / STATE_FILE).is_file()) and out["state"] != "FINISHED"

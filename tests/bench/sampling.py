@@ -5,6 +5,8 @@ full vs fractional n in {2, 4, 20} vs adaptive, on one set, in one run. Prints J
 """
 from __future__ import annotations
 
+import dataclasses
+
 import argparse
 import json
 import sys
@@ -41,7 +43,7 @@ def main() -> dict:
     view = training_view(Y, split)
     rows = []
     for mode, n in MODES:
-        imp.cfg.sampling, imp.cfg.sampling_fraction = mode, n
+        imp.cfg = dataclasses.replace(imp.cfg, sampling=mode, sampling_fraction=n)
         t0 = time.perf_counter()
         filled = imp.impute(view, split.observed)
         sec = time.perf_counter() - t0

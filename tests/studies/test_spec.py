@@ -67,7 +67,7 @@ def test_tune_mapping_of_each_search_kind():
     alg = _search_alg(spec)
     assert type(alg).__name__ == "Repeater" and alg.repeat == 4
     s = resolve_trial(spec, {"lr": 1e-3, "ar_decay": 0.8, TRIAL_INDEX: 3})
-    assert (s.data_key, s.replicate, s.config["seed"], s.config["lr"]) == ("synthetic/s1", 1, 1, 1e-3)
+    assert (s.data_key, s.replicate, s.config.seed, s.config.lr) == ("synthetic/s1", 1, 1, 1e-3)
     sched = _scheduler(spec)
     assert (sched._time_attr, sched._max_t, sched._stop_last_trials) == ("epoch", 12, False)
 
@@ -81,7 +81,7 @@ def test_tune_mapping_of_each_search_kind():
     assert space["arm"] == {"grid_search": ["dep_mask_mode=paper", "dep_mask_mode=off", "ar_decay=0.7"]}
     assert spec.n_trials() == 6 and _scheduler(spec) is None
     s = resolve_trial(spec, {"data": "synthetic/s4", "arm": "dep_mask_mode=off"})
-    assert (s.dataset, s.seed, s.arm, s.config["dep_mask_mode"], s.config["ar_decay"]) == ("synthetic", 4, "dep_mask_mode=off", "off", 0.9)
+    assert (s.dataset, s.seed, s.arm, s.config.dep_mask_mode, s.config.ar_decay) == ("synthetic", 4, "dep_mask_mode=off", "off", 0.9)
 
 
 def _bad_cases() -> dict[str, tuple[dict, str]]:
@@ -203,7 +203,7 @@ def test_relative_paths_resolve_against_the_study_file(tmp_path):
 
 
 def test_relative_sqlite_uri_is_stored_absolute(tmp_path, monkeypatch):
-    from depmicro.studies.tracking import default_tracking_uri, normalize_tracking_uri
+    from depmicro.studies.schema import default_tracking_uri, normalize_tracking_uri
 
     monkeypatch.chdir(tmp_path)
     assert normalize_tracking_uri("sqlite:///sub/m.db") == f"sqlite:///{tmp_path / 'sub' / 'm.db'}"
