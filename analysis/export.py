@@ -1,6 +1,6 @@
 """`depmicro export`: ship the best trial of a study as a self-contained, verifiable bundle.
 
-The bundle is the trial's `model/` artifact (what core.checkpoint.save_model wrote: safetensors
+The bundle is the trial's `model/` artifact (what core/model/bundle.py's save_model wrote: safetensors
 weights, config, dependency mask, normalization, taxa, metadata-encoder reference) plus
 metrics.json and provenance.json, all covered by one SHA-256 manifest. It is built in a temporary
 sibling directory and renamed into place, so a failed export never leaves half a bundle.
@@ -19,10 +19,12 @@ from pathlib import Path
 import pandas as pd
 
 from depmicro.analysis.runs import StudyRuns, load_study
-from depmicro.core.data.evaluation import COUNTS, METRICS, direction
+from depmicro.core.data import load_dataset
+from depmicro.core.data.evaluation import COUNTS, METRICS, direction, evaluate, make_split, training_view
 from depmicro.core.errors import DepmicroError
-from depmicro.studies.schema import ARTIFACT_MODEL
 from depmicro.core.io.manifest import MANIFEST
+from depmicro.core.model.bundle import load_model, manifested_dir
+from depmicro.studies.schema import ARTIFACT_MODEL
 
 DEFAULT_METRIC = "best_val_pcc_per_microbe"
 PYFUNC_CODE = Path(__file__).with_name("pyfunc.py")
@@ -73,8 +75,6 @@ def export(study_name: str, out: str | Path, tracking_uri: str | None = None, me
     """Write the bundle of the best trial to `out`; optionally register it as a pyfunc model."""
     import mlflow
     from mlflow.tracking import MlflowClient
-
-    from depmicro.core.model.bundle import load_model, manifested_dir
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -153,10 +153,6 @@ def replay(bundle: str | Path, data, metadata: str | Path | None = None) -> dict
     seed (provenance.json) and the config's ratios, impute the training view, score split.test.
     Equal to the run's test_* metrics when the bundle is the model the trial reported on.
     `data` is a path (read with load_dataset) or a core.data.Dataset already loaded."""
-    from depmicro.core.model.bundle import load_model
-    from depmicro.core.data import load_dataset
-    from depmicro.core.data.evaluation import evaluate, make_split, training_view
-
     bundle = Path(bundle)
     imp = load_model(bundle)
     prov = json.loads((bundle / "provenance.json").read_text())

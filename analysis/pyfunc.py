@@ -1,6 +1,6 @@
 """An exported bundle as an MLflow pyfunc model, logged "from code" (this file is the model's code),
 so the registry holds no pickle: the weights stay in the bundle's safetensors, loaded through
-core.checkpoint.load_model, which checks the SHA-256 manifest first.
+core/model/bundle.py's load_model, which checks the SHA-256 manifest first.
 
 Input: a pandas DataFrame of raw counts, samples x taxa (columns named like the bundle's taxa,
 any order; a leading sample-id column is taken as the index); NaN marks an entry to impute, and with `zeros_missing` zeros do too. Output: the same
@@ -13,13 +13,13 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from depmicro.core.data import normalize
 from depmicro.core.errors import DepmicroError
+from depmicro.core.model.bundle import load_model
 
 
 def impute_frame(imputer, counts: pd.DataFrame, zeros_missing: bool = False) -> pd.DataFrame:
     """Impute a counts frame with a loaded DepMicroDiffImputer (see the module docstring)."""
-    from depmicro.core.data import normalize
-
     names = [str(c) for c in counts.columns]
     want = list(imputer.var_names)
     if names and names[0] not in want and set(names[1:]) == set(want):
@@ -49,8 +49,6 @@ class BundleImputer(mlflow.pyfunc.PythonModel):
     """The pyfunc face of a bundle: artifacts["bundle"] is the exported directory."""
 
     def load_context(self, context) -> None:
-        from depmicro.core.model.bundle import load_model
-
         self.imputer = load_model(context.artifacts["bundle"])
         self.zeros_missing = bool((context.model_config or {}).get("zeros_missing", False))
 

@@ -17,6 +17,7 @@ import pandas as pd
 
 from depmicro.core.data.evaluation import METRICS
 from depmicro.core.errors import DepmicroError
+from depmicro.core.model.config import ModelConfig, config_to_dict
 from depmicro.studies.schema import (ARTIFACT_PER_MICROBE, FINISHED, KIND_BASELINE, KIND_STUDY, KIND_TRIAL, TAG_PARENT,
                                      TAG_PREFIX, default_tracking_uri, experiment_name, run_filter, sqlite_path, tag_column)
 
@@ -54,8 +55,6 @@ def base_arms(study: StudyRuns) -> list[str]:
     """Ablation arms that repeat the study's base configuration (e.g. `ar_decay=0.9` when the base
     has ar_decay 0.9): the full model the other arms are ablations of. Read from the flattened
     spec on the parent run (`base_config.<field>` params)."""
-    from depmicro.core.model.config import ModelConfig, config_to_dict
-
     if study.parent is None or study.trials.empty:
         return []
     defaults = config_to_dict(ModelConfig())
@@ -89,8 +88,6 @@ def set_tracking(uri: str | None) -> str:
 
 def _typed_params(df: pd.DataFrame) -> pd.DataFrame:
     """MLflow stores params as strings; give each config field its dataclass type back."""
-    from depmicro.core.model.config import ModelConfig
-
     types = {f.name: (f.type if isinstance(f.type, str) else f.type.__name__) for f in fields(ModelConfig)}
     out = {}
     for col in [c for c in df.columns if c.startswith("params.")]:

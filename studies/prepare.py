@@ -15,7 +15,7 @@ from depmicro.core.data.evaluation import make_split, training_view
 from depmicro.core.data.synthetic import make_synthetic
 from depmicro.core.deps import cached_dep_stats
 from depmicro.core.errors import DepmicroError
-from depmicro.core.model.config import config_from_dict, config_to_dict
+from depmicro.core.model.config import config_from_dict, config_to_dict, needs_dep_stats
 from depmicro.core.train import train_vae_entry
 from depmicro.core.train.vae_phase import VAE_FIELDS, read_vae_entry, save_vae_entry, vae_cache_key
 from depmicro.studies.spec import SYNTHETIC, StudySpec, split_data_key
@@ -30,7 +30,7 @@ def _needs_dep_stats(spec: StudySpec) -> bool:
         modes |= set(spec.search_space["dep_mask_mode"].values)
     if "ar_order" in spec.search_space:
         orders |= set(spec.search_space["ar_order"].values)
-    return bool(modes - {"off"}) or "dependency" in orders
+    return any(needs_dep_stats(mode, order) for mode in modes for order in orders)
 
 
 def load_study_dataset(ds) -> Any:

@@ -18,6 +18,7 @@ from typing import Any
 from depmicro.core.data.baselines import BASELINES
 from depmicro.core.data.evaluation import METRICS, direction
 from depmicro.core.errors import DepmicroError
+from depmicro.core.model.config import ModelConfig, config_from_dict, config_to_dict
 
 SYNTHETIC = "synthetic"
 PARAM_TYPES = ("uniform", "loguniform", "int", "choice", "grid")
@@ -119,8 +120,6 @@ class StudySpec:
         return self.num_samples * grid * len(self.arms) * len(self.data_keys) * self.replicates
 
     def max_epochs(self) -> int:
-        from depmicro.core.model.config import config_from_dict
-
         epochs = [config_from_dict(self.base_config).epochs]
         if "epochs" in self.search_space:
             p = self.search_space["epochs"]
@@ -174,8 +173,6 @@ def load_spec(path: str | os.PathLike) -> StudySpec:
 
 def spec_from_dict(raw: Any, base_dir: str | os.PathLike = ".", source: str | None = None) -> StudySpec:
     """Validate a parsed study mapping. Relative paths are resolved against `base_dir`."""
-    from depmicro.core.model.config import ModelConfig
-
     base_dir = Path(base_dir)
     if not isinstance(raw, dict):
         raise DepmicroError("a study file must be a mapping of settings")
@@ -351,8 +348,6 @@ def _base_config(v: Any, base_dir: Path) -> dict:
     """`base_config: configs/tiny.yaml`, or a mapping of overrides with an optional `file` key."""
     import yaml
 
-    from depmicro.core.model.config import config_from_dict, config_to_dict
-
     if isinstance(v, str):
         v = {"file": v}
     if not isinstance(v, dict):
@@ -502,8 +497,6 @@ def _baselines(v: Any) -> list[str]:
 
 def _check_configs(spec: StudySpec) -> None:
     """Every value a trial can get must make a valid ModelConfig: fail now, not in trial 37 at 3 a.m."""
-    from depmicro.core.model.config import config_from_dict
-
     def check(over: dict, where: str) -> None:
         try:
             config_from_dict({**spec.base_config, **over})

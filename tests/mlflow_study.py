@@ -1,10 +1,10 @@
-"""A small study logged to MLflow exactly as notes/TRACKING.md lays it out, with test metrics chosen
+"""A small study logged to MLflow exactly as studies/schema.py lays it out, with test metrics chosen
 by hand, so analysis tests can check the numbers it reports against numbers known in advance.
 
 3 arms (ar_decay 0.5 / 0.7 / 0.9) x 2 datasets x 3 seeds of finished trials, a `mean` baseline on
 every dataset and seed, one ASHA-stopped and one failed trial (both must stay out of the tables).
 Every finished trial carries a real (tiny, untrained) model/ artifact written by
-core.checkpoint.save_model, with its own weights, and a per_microbe_pcc.json artifact.
+core/model/bundle.py's save_model, with its own weights, and a per_microbe_pcc.json artifact.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ and ground truth for testing that the dependency statistics find what was plante
 
 Generative story (per sample t, in file order): a latent log-abundance L[t] = mu + noise; a driver
 j of a directed pair pushes its effect i one sample later (L[t, i] += w * z[t-1, j], z the
-driver's standardized latent), which is what the lag-1 Granger F of MODEL.md section 3 tests; the
+driver's standardized latent), which is what the lag-1 Granger F of core/deps/fstat.py tests; the
 two members of a symmetric pair share a latent factor in the same sample (mutual information,
 no lag); a two-level `sample_type` shifts some taxa. Presence is a Bernoulli draw that gets likelier
 with L (zero inflation tied to abundance, as in sequencing), and counts are Poisson at a sampled

@@ -17,7 +17,7 @@ from depmicro.core.errors import DepmicroError
 from depmicro.core.io.atomic import atomic_dir
 from depmicro.core.io.manifest import MANIFEST, verify_manifest, write_manifest
 from depmicro.core.model.config import config_from_dict, config_to_dict
-from depmicro.core.model.imputer import DepMicroDiffImputer
+from depmicro.core.model.imputer import DepMicroDiffImputer, LatentStats
 
 FORMAT = "depmicrodiff/1"
 
@@ -35,8 +35,7 @@ def write_model_files(imputer, d: Path) -> None:
         np.savez(f, dep=dep.astype(bool), has_dep=np.array(imputer.dep is not None), rank=imputer.rank.astype(np.int64))
     (d / "normalization.json").write_text(json.dumps({
         "transform": "log10(100 * counts / rowsum + 1)", "scale": 100.0, "pseudocount": 1.0,
-        "latent_mean": [float(x) for x in imputer.latent_mean], "latent_std": [float(x) for x in imputer.latent_std],
-        "latent_lo": [float(x) for x in imputer.latent_lo], "latent_hi": [float(x) for x in imputer.latent_hi],
+        **imputer.latent_stats.to_json(),
     }, indent=2))
     (d / "taxa.json").write_text(json.dumps({"n_taxa": imputer.D, "var_names": imputer.var_names}))
     (d / "metadata_encoder.json").write_text(json.dumps({
@@ -89,10 +88,7 @@ def load_model(directory: str | os.PathLike, device: str = "cpu"):
     except (ValueError, KeyError, OSError) as exc:
         raise DepmicroError(f"{d}/dependency.npz: unreadable ({exc})") from None
     imp = DepMicroDiffImputer(cfg, int(taxa["n_taxa"]), taxa["var_names"], int(meta.get("dim", 0)), dep=dep, rank=rank)
-    imp.latent_mean = np.asarray(norm["latent_mean"], dtype=np.float32)
-    imp.latent_std = np.asarray(norm["latent_std"], dtype=np.float32)
-    imp.latent_lo = np.asarray(norm["latent_lo"], dtype=np.float32)
-    imp.latent_hi = np.asarray(norm["latent_hi"], dtype=np.float32)
+    imp.latent_stats = LatentStats.from_json(norm)
     try:
         imp.net.load_state_dict(load_file(str(d / "model.safetensors")))
     except RuntimeError as exc:

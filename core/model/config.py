@@ -67,6 +67,26 @@ class ModelConfig:
     test_ratio: float = 0.1
     val_ratio: float = 0.1
 
+    @property
+    def uses_dep_mask(self) -> bool:
+        """The Dep matrix restricts attention inside AR steps (Algorithm 2)."""
+        return self.dep_mask_mode != "off"
+
+    @property
+    def uses_f_order(self) -> bool:
+        """The AR order comes from the F-statistics."""
+        return self.ar_order == "dependency"
+
+    @property
+    def needs_dep_stats(self) -> bool:
+        return needs_dep_stats(self.dep_mask_mode, self.ar_order)
+
+
+def needs_dep_stats(dep_mask_mode: str, ar_order: str) -> bool:
+    """The one rule for "does this model need dependency statistics": a Dep mask or an F-based AR
+    order. A study asks it of every mode/order a trial can get, before computing them once."""
+    return dep_mask_mode != "off" or ar_order == "dependency"
+
 
 _CHOICES = {
     "ar_order": ("index", "variance", "dependency"),

@@ -1,7 +1,9 @@
-"""DepMicroDiff behind the foundation's `Imputer` interface: the network, its training loss and
-its AR-diffusion sampler. Training loops live in train.py; files in checkpoint.py."""
+"""DepMicroDiff behind the project's `Imputer` interface (core/imputer.py): the VAE and DAT
+networks, the latent scaling, and imputation. The diffusion loss and AR sampler are in
+core/diffusion/, training in core/train/, bundles in model/bundle.py."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -18,6 +20,25 @@ from depmicro.core.model.metadata import MetadataEncoder
 from depmicro.core.model.vae import TokenVAE
 
 INFER_BATCH = 256
+
+
+@dataclass
+class LatentStats:
+    """How clean latents are scaled for diffusion (mean, one std) and the range the sampler clips
+    to (lo, hi); saved in a bundle's normalization.json and in training checkpoints."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+
+    def to_json(self) -> dict:
+        return {"latent_mean": [float(x) for x in self.mean], "latent_std": [float(x) for x in self.std],
+                "latent_lo": [float(x) for x in self.lo], "latent_hi": [float(x) for x in self.hi]}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "LatentStats":
+        return cls(*(np.asarray(d[f"latent_{k}"], dtype=np.float32) for k in ("mean", "std", "lo", "hi")))
 
 
 class DepMicroDiffImputer:
@@ -59,6 +80,14 @@ class DepMicroDiffImputer:
     @property
     def dat(self) -> DAT:
         return self.net["dat"]
+
+    @property
+    def latent_stats(self) -> LatentStats:
+        return LatentStats(self.latent_mean, self.latent_std, self.latent_lo, self.latent_hi)
+
+    @latent_stats.setter
+    def latent_stats(self, stats: LatentStats) -> None:
+        self.latent_mean, self.latent_std, self.latent_lo, self.latent_hi = stats.mean, stats.std, stats.lo, stats.hi
 
     def to(self, device: torch.device | str) -> "DepMicroDiffImputer":
         self.device = torch.device(device)

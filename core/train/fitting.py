@@ -45,10 +45,9 @@ class FitResult:
 
 def dependency_inputs(cfg: ModelConfig, Y_view: np.ndarray, dep_stats=None) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Dep matrix and F matrix from statistics of the training view (held-out entries NaN)."""
-    need_dep = cfg.dep_mask_mode != "off"
-    need_f = cfg.ar_order == "dependency"
-    if not (need_dep or need_f):
+    if not cfg.needs_dep_stats:
         return None, None
+    need_dep, need_f = cfg.uses_dep_mask, cfg.uses_f_order
     stats = dep_stats if dep_stats is not None else cached_dep_stats(Y_view)
     dep = dependency_mask(stats, cfg.f_threshold, cfg.mi_threshold) if need_dep else None
     return dep, np.asarray(stats.f_stat) if need_f else None
@@ -148,7 +147,7 @@ def train_on_view(imp: DepMicroDiffImputer, Y: np.ndarray, observed: np.ndarray,
     cfg = imp.cfg
     seed_all(cfg.seed)
     Y_view = np.where(observed, np.nan_to_num(Y), np.nan)
-    if cfg.dep_mask_mode != "off" or cfg.ar_order == "dependency":
+    if cfg.needs_dep_stats:
         dep, f_stat = dependency_inputs(cfg, Y_view)
         imp.dep = dep
         imp.rank = token_rank(cfg.ar_order, Y_view, observed, f_stat, cfg.f_threshold)

@@ -17,7 +17,7 @@ from depmicro.core.errors import DepmicroError
 from depmicro.core.io.manifest import MANIFEST, verify_manifest
 from depmicro.core.model.bundle import manifested_dir, write_model_files
 from depmicro.core.model.config import ModelConfig
-from depmicro.core.model.imputer import DepMicroDiffImputer
+from depmicro.core.model.imputer import DepMicroDiffImputer, LatentStats
 
 @dataclass
 class EpochReport:
@@ -132,10 +132,7 @@ class Trainer:
         tensors = torch.load(d / "train_state.pt", weights_only=True, map_location="cpu")
         self.imp.net.load_state_dict(load_file(str(d / "model.safetensors")))
         norm = json.loads((d / "normalization.json").read_text())
-        self.imp.latent_mean = np.asarray(norm["latent_mean"], dtype=np.float32)
-        self.imp.latent_std = np.asarray(norm["latent_std"], dtype=np.float32)
-        self.imp.latent_lo = np.asarray(norm["latent_lo"], dtype=np.float32)
-        self.imp.latent_hi = np.asarray(norm["latent_hi"], dtype=np.float32)
+        self.imp.latent_stats = LatentStats.from_json(norm)
         self.opt.load_state_dict(tensors["optimizer"])
         torch.set_rng_state(tensors["torch_rng"])
         self.rng.bit_generator.state = meta["np_rng"]

@@ -10,7 +10,7 @@ One entry is one safetensors file `vae-<key>.safetensors`: the VAE's state dict,
 header the key, the phase's losses and a SHA-256 of the tensor bytes. Loading checks the key and
 that digest, so a truncated or bit-flipped file is refused (DepmicroError) rather than used;
 `read_vae_entry` turns a refused file into a miss, so the caller trains and replaces it. Files
-are written to a temp name and renamed (core/atomic.py): trials racing on one key each see a
+are written to a temp name and renamed (core/io/atomic.py): trials racing on one key each see a
 whole file or none. Nothing here unpickles.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from depmicro.core.model.imputer import DepMicroDiffImputer
 
 FORMAT = "depmicro-vae/1"
-# what the VAE phase reads from the config (core/train.py: the VAE init draws from torch.manual_seed(seed),
+# what the VAE phase reads from the config (train_vae_entry below: the VAE init draws from torch.manual_seed(seed),
 # then train_vae reads the rest); vae_pretrain enters the key through the pretraining matrices it lets in
 VAE_FIELDS = ("latent_dim", "vae_hidden", "vae_beta", "vae_epochs", "vae_lr", "batch_size", "train_mask_ratio", "seed")
 

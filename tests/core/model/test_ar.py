@@ -1,4 +1,4 @@
-"""Algorithm 1 (AR step sizes) and Algorithm 2 (attention mask), MODEL.md section 7."""
+"""Algorithm 1 (AR step sizes) and Algorithm 2 (attention mask) of the paper, core/model/ar.py."""
 from __future__ import annotations
 
 import numpy as np

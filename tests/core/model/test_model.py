@@ -1,4 +1,4 @@
-"""DepMicroDiff invariants (MODEL.md section 7): no leakage, AR causality, save/load round trip,
+"""DepMicroDiff invariants: no leakage, AR causality, save/load round trip,
 config validation. Small synthetic data and one or two epochs keep this fast."""
 from __future__ import annotations
 
