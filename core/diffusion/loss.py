@@ -49,7 +49,8 @@ def epsilon_loss(imp: DepMicroDiffImputer, y: torch.Tensor, obs: torch.Tensor, m
     noise = torch.randn_like(x0)
     z_noisy = imp.diffusion.q_sample(x0, t, noise)
     z_clean = z_c * cond.float()[..., None] + z0 * target.float()[..., None]  # earlier steps' targets seen clean
-    eps = imp.dat(z_clean, z_noisy, t, y, cond, step, cond_tok, imp.dep_tensor(), cfg.dep_mask_mode, idx, valid, hint)
+    eps = imp.dat(z_clean, z_noisy, t, x_obs=y, flag=cond, step=step, cond=cond_tok, dep=imp.dep_tensor(),
+                  mode=cfg.dep_mask_mode, noisy_idx=idx, noisy_valid=valid, hint=hint)
     per_tok = ((eps.float() - noise) ** 2).mean(-1)
     if cfg.min_snr > 0:  # Min-SNR-g / truncated-SNR weighting of the eps loss
         ab = imp.diffusion.alpha_bar.to(dev)[t]

@@ -62,8 +62,9 @@ class Block(nn.Module):
 
 
 class DAT(nn.Module):
-    def __init__(self, n_taxa: int, latent_dim: int, hidden: int, layers: int, heads: int, mlp_ratio: float,
-                 dropout: float, meta_dim: int, residual_condition: bool, alpha_bar: torch.Tensor | None = None):
+    def __init__(self, n_taxa: int, latent_dim: int, *, hidden: int, layers: int, heads: int, mlp_ratio: float,
+                 dropout: float = 0.0, meta_dim: int = 0, residual_condition: bool = True,
+                 alpha_bar: torch.Tensor | None = None):
         super().__init__()
         self.alpha_bar = alpha_bar  # set for an x0-parameterized epsilon head (not a parameter: the schedule)
         D, k, H = n_taxa, latent_dim, hidden
@@ -136,7 +137,7 @@ class DAT(nn.Module):
         ab = self.alpha_bar.to(out.device)[t][..., None]
         return (z_noisy - ab.sqrt() * out) / (1 - ab).clamp(min=1e-8).sqrt()
 
-    def forward(self, z_clean: torch.Tensor, z_noisy: torch.Tensor, t: torch.Tensor, x_obs: torch.Tensor,
+    def forward(self, z_clean: torch.Tensor, z_noisy: torch.Tensor, t: torch.Tensor, *, x_obs: torch.Tensor,
                 flag: torch.Tensor, step: torch.Tensor, cond: torch.Tensor, dep: torch.Tensor | None, mode: str,
                 noisy_idx: torch.Tensor, noisy_valid: torch.Tensor, hint: torch.Tensor) -> torch.Tensor:
         """Predict epsilon (B, S, k) for the noisy tokens of microbes `noisy_idx` (B, S).

@@ -66,8 +66,10 @@ class DepMicroDiffImputer:
         self.diffusion = Diffusion(cfg.timesteps)
         self.net = nn.ModuleDict({
             "vae": TokenVAE(n_taxa, cfg.latent_dim, cfg.vae_hidden),
-            "dat": DAT(n_taxa, cfg.latent_dim, cfg.hidden_dim, cfg.n_layers, cfg.n_heads, cfg.mlp_ratio, cfg.dropout,
-                       meta_dim, cfg.residual_condition, self.diffusion.alpha_bar if cfg.eps_head == "x0" else None),
+            "dat": DAT(n_taxa, cfg.latent_dim, hidden=cfg.hidden_dim, layers=cfg.n_layers, heads=cfg.n_heads,
+                       mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout, meta_dim=meta_dim,
+                       residual_condition=cfg.residual_condition,
+                       alpha_bar=self.diffusion.alpha_bar if cfg.eps_head == "x0" else None),
         })
         self.device = torch.device("cpu")
         self._meta_encoder = None

@@ -67,7 +67,7 @@ def corrupt(m: np.ndarray, Y: np.ndarray, ratio: float, rng: np.random.Generator
     return hide
 
 
-def train_vae(vae: TokenVAE, sets: Sequence[tuple[np.ndarray, np.ndarray]], epochs: int, lr: float, beta: float,
+def train_vae(vae: TokenVAE, sets: Sequence[tuple[np.ndarray, np.ndarray]], *, epochs: int, lr: float, beta: float,
               batch_size: int, mask_ratio: float, rng: np.random.Generator, device: torch.device) -> list[float]:
     """Fit the VAE on (Y, observed) pairs; the encoder input is randomly corrupted so it learns to
     encode profiles with entries missing, and the loss covers every observed entry."""

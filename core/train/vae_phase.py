@@ -153,11 +153,11 @@ def train_vae_entry(cfg: ModelConfig, Y_view: np.ndarray, observed: np.ndarray, 
     rng = np.random.default_rng(cfg.seed)
     cpu = torch.device("cpu")
     losses = {}
+    opts = dict(epochs=cfg.vae_epochs, lr=cfg.vae_lr, beta=cfg.vae_beta, batch_size=cfg.batch_size,
+                mask_ratio=cfg.train_mask_ratio, rng=rng, device=cpu)
     if cfg.vae_pretrain and len(pretrain):
-        losses["vae_pretrain_loss"] = train_vae(vae, [(P, np.ones_like(P, dtype=bool)) for P in pretrain], cfg.vae_epochs,
-                                                cfg.vae_lr, cfg.vae_beta, cfg.batch_size, cfg.train_mask_ratio, rng, cpu)[-1:]
-    losses["vae_loss"] = train_vae(vae, [(Y_view, observed)], cfg.vae_epochs, cfg.vae_lr, cfg.vae_beta, cfg.batch_size,
-                                   cfg.train_mask_ratio, rng, cpu)[-1:]
+        losses["vae_pretrain_loss"] = train_vae(vae, [(P, np.ones_like(P, dtype=bool)) for P in pretrain], **opts)[-1:]
+    losses["vae_loss"] = train_vae(vae, [(Y_view, observed)], **opts)[-1:]
     state = {k: v.detach().cpu().clone() for k, v in vae.state_dict().items()}
     key = key or vae_cache_key(cfg, Y_view, observed, pretrain)
     return VaeEntry(key=key, state=state, losses=losses, seconds=time.perf_counter() - t0)

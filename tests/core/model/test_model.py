@@ -140,7 +140,8 @@ def test_ar_causality():
 
     def run(zc, zn, tt):
         with torch.no_grad():
-            return imp.dat(zc, zn, tt, y, flag, step, cond, dep, "restrict", idx, valid, hint)
+            return imp.dat(zc, zn, tt, x_obs=y, flag=flag, step=step, cond=cond, dep=dep, mode="restrict", noisy_idx=idx,
+                           noisy_valid=valid, hint=hint)
 
     base = run(z_clean, z_noisy, t)
     s_of = torch.gather(step, 1, idx)  # step of each noisy token
