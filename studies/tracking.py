@@ -5,8 +5,8 @@ a worker on another node may not even reach the tracking store; the driver sees 
 anyway. The layout (experiment, tags, metric keys, artifacts) is studies/schema.py, which
 analysis/runs.py reads back.
 
-Idempotence across `study resume`: the parent run is found again by its `depmicro.study` tag and
-each trial's run by `depmicro.trial_id`, never created twice; per-epoch metrics are logged only for
+Idempotence across `study resume`: the parent run is found again by its study tag (TAG_STUDY) and
+each trial's run by its trial id tag (TAG_TRIAL_ID), never created twice; per-epoch metrics are logged only for
 epochs above the highest one already in MLflow, so a trial that re-reports an epoch after a
 restore does not duplicate points; final metrics and artifacts are written when the run's status
 tag is not yet terminal. The first loop step after a restore reconciles runs the killed driver
@@ -139,7 +139,7 @@ def end_study(tracking_uri: str, parent_run_id: str, status: str = "FINISHED") -
 
 def mark_interrupted(study: str, tracking_uri: str, experiment_id: str) -> None:
     """Runs of trials the driver stopped (Ctrl-C, an error) show as KILLED in MLflow until resumed;
-    their `depmicro.status` tag stays RUNNING: the trial is not over, `study resume` continues it."""
+    their status tag (TAG_STATUS) stays RUNNING: the trial is not over, `study resume` continues it."""
     client = client_for(tracking_uri)
     for run in find_runs(client, experiment_id, study, KIND_TRIAL):
         if run.info.status == "RUNNING":
