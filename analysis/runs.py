@@ -77,11 +77,14 @@ def set_tracking(uri: str | None) -> str:
     import mlflow
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per downloaded run floods the terminal
-    uri = uri or default_tracking_uri()
+    from depmicro.studies.tracking_uri import check_tracking_uri, enable_wal
+
+    uri = check_tracking_uri(uri or default_tracking_uri())
     db = sqlite_path(uri)
     if db is not None:
         if not db.is_file():  # MLflow would silently create an empty store and report "no such study"
             raise DepmicroError(f"no MLflow database at {db} (give --tracking-uri)")
+        enable_wal(uri)
     mlflow.set_tracking_uri(uri)
     return uri
 

@@ -39,6 +39,8 @@ def format_status(st: dict) -> str:
     expected = f" of {st['expected_trials']}" if "expected_trials" in st else ""
     lines = [f"study {st['name']}: {st['state']}; {len(st['trials'])}{expected} trial(s): {counts}",
              f"  mlflow {st['tracking_uri']}  storage {st['storage']}"]
+    if st.get("error"):
+        lines.insert(1, f"  driver failed: {st['error']}")
     head = f"  {'trial_id':<14} {'status':<10} {'dataset':<10} {'seed':>4} {'variant':<22} {'epochs':>7} {'best_val_pcc_pm':>15} {'test_pcc_pm':>11}"
     lines.append(head)
     for t in st["trials"]:

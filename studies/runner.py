@@ -20,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -33,7 +35,8 @@ from depmicro.core.data.evaluation import evaluate, per_microbe_pcc
 from depmicro.core.errors import DepmicroError
 from depmicro.core.io.atomic import atomic_write_text
 from depmicro.studies import schema, tracking, tuner
-from depmicro.studies.spec import StudySpec, load_spec, spec_from_json, split_data_key
+from depmicro.studies.spec import StudySpec, check_name, load_spec, spec_from_state, split_data_key
+from depmicro.studies.tracking_uri import check_tracking_uri
 from depmicro.studies.prepare import prepare_data, warm_vae
 from depmicro.studies.trainable import SharedData
 
@@ -53,7 +56,41 @@ def storage_root(storage: str | os.PathLike | None) -> Path:
 
 
 def experiment_dir(name: str, storage: str | os.PathLike | None) -> Path:
-    return storage_root(storage) / name
+    """`<storage>/<name>`; a name that is not a plain study name (`..`, a separator) never becomes a
+    path: status and resume would otherwise read (and resume unpickle) outside the storage folder."""
+    return storage_root(storage) / check_name(name)
+
+
+@contextlib.contextmanager
+def study_lock(storage: Path, name: str):
+    """One driver per study: an exclusive flock on `<storage>/.<name>.lock`, held while it runs.
+
+    The kernel drops an flock when its holder exits or is killed, so a lock file a crashed driver
+    left behind is not stale: the next driver simply takes it (the file keeps only the last holder's
+    pid and host, for the message). A file system without locks (ENOLCK/EOPNOTSUPP) runs unlocked.
+    """
+    import errno
+    import fcntl
+    import socket
+
+    storage.mkdir(parents=True, exist_ok=True)
+    path = storage / f".{name}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+                raise DepmicroError(f"study {name!r} is already being run by {holder} (lock {path}); "
+                                    "wait for it, or stop that driver first") from None
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP):
+                raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"driver pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the flock
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -64,13 +101,29 @@ def _write_state(exp: Path, state: dict) -> None:
 
 
 def _read_state(exp: Path) -> dict:
+    """The study state file, checked field by field: it is hand-editable, and resume acts on it."""
     p = exp / STATE_FILE
     if not p.is_file():
         raise DepmicroError(f"no study at {exp} (no {STATE_FILE}); check the name and --storage")
     try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError:
-        raise DepmicroError(f"{p}: unreadable study state") from None
+        state = json.loads(p.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DepmicroError(f"{p}: unreadable study state (not JSON)") from None
+    except OSError as exc:
+        raise DepmicroError(f"{p}: cannot read the study state ({exc.strerror})") from None
+    if not isinstance(state, dict):
+        raise DepmicroError(f"{p}: damaged study state (not a JSON object)")
+    for key in ("tracking_uri", "experiment_id", "parent_run_id"):
+        if not isinstance(state.get(key), str) or not state[key]:
+            raise DepmicroError(f"{p}: damaged study state ({key!r} missing or not text)")
+    try:
+        spec = spec_from_state(state.get("spec"))
+    except DepmicroError as exc:
+        raise DepmicroError(f"{p}: damaged study state ({exc})") from None
+    if spec.name != exp.name:
+        raise DepmicroError(f"{p}: damaged study state (it describes study {spec.name!r}, not {exp.name!r})")
+    state["spec_obj"] = spec
+    return state
 
 
 def _run_baselines(spec: StudySpec, shared: SharedData, tracking_uri: str, exp_id: str, parent: str, log) -> None:
@@ -99,22 +152,23 @@ def run_study(path: str | os.PathLike, address: str | None = None, tracking_uri:
     """Validate the study file, start or join Ray, and run every trial (`depmicro study run`)."""
     log = log or tracking.print_line
     spec = load_spec(path)  # before anything starts: a bad file costs a second
-    tracking_uri = schema.normalize_tracking_uri(tracking_uri or schema.default_tracking_uri())
+    tracking_uri = check_tracking_uri(schema.normalize_tracking_uri(tracking_uri or schema.default_tracking_uri()))
     storage = storage_root(storage)
-    exp = storage / spec.name
-    if tune.Tuner.can_restore(str(exp)):
-        raise DepmicroError(f"study {spec.name!r} already exists in {storage}; continue it with "
-                            f"`depmicro study resume {spec.name}` or give the study another name")
-    client = tracking.client_for(tracking_uri)
-    exp_obj = client.get_experiment_by_name(schema.experiment_name(spec.name))
-    if exp_obj is not None and tracking.find_runs(client, exp_obj.experiment_id, spec.name, schema.KIND_TRIAL):
-        raise DepmicroError(f"MLflow at {tracking_uri} already holds trials of study {spec.name!r}; "
-                            "resume it or give the study another name")
-    spec_text = Path(path).read_text()
-    exp_id, parent = tracking.start_study(spec, tracking_uri, spec_text)
-    _write_state(exp, {"spec": spec.to_dict(), "tracking_uri": tracking_uri, "experiment_id": exp_id,
-                       "parent_run_id": parent, "created": time.time()})
-    return _execute(spec, exp, tracking_uri, exp_id, parent, address, log, restore=False)
+    with study_lock(storage, spec.name):
+        exp = storage / spec.name
+        if tune.Tuner.can_restore(str(exp)):
+            raise DepmicroError(f"study {spec.name!r} already exists in {storage}; continue it with "
+                                f"`depmicro study resume {spec.name}` or give the study another name")
+        client = tracking.client_for(tracking_uri)
+        exp_obj = client.get_experiment_by_name(schema.experiment_name(spec.name))
+        if exp_obj is not None and tracking.find_runs(client, exp_obj.experiment_id, spec.name, schema.KIND_TRIAL):
+            raise DepmicroError(f"MLflow at {tracking_uri} already holds trials of study {spec.name!r}; "
+                                "resume it or give the study another name")
+        spec_text = Path(path).read_text()
+        exp_id, parent = tracking.start_study(spec, tracking_uri, spec_text)
+        _write_state(exp, {"spec": spec.to_dict(), "tracking_uri": tracking_uri, "experiment_id": exp_id,
+                           "parent_run_id": parent, "created": time.time()})
+        return _execute(spec, exp, tracking_uri, exp_id, parent, address, log, restore=False)
 
 
 def resume_study(name: str, address: str | None = None, tracking_uri: str | None = None,
@@ -122,16 +176,18 @@ def resume_study(name: str, address: str | None = None, tracking_uri: str | None
     """Continue a study whose driver stopped: finished trials stay, the rest continue from checkpoints."""
     log = log or tracking.print_line
     exp = experiment_dir(name, storage)
-    state = _read_state(exp)
-    if tracking_uri and schema.normalize_tracking_uri(tracking_uri) != state["tracking_uri"]:
-        raise DepmicroError(f"study {name!r} is tracked at {state['tracking_uri']}; resume it there (got {tracking_uri})")
-    spec = spec_from_json(state["spec"])
-    uri = state["tracking_uri"]
-    if not tune.Tuner.can_restore(str(exp)):
-        raise DepmicroError(f"study {name!r} at {exp} has no Tune state to resume (its driver stopped before the "
-                            "first trial started); run the study file again")
-    exp_id, parent = tracking.start_study(spec, uri)
-    return _execute(spec, exp, uri, exp_id, parent, address, log, restore=True)
+    _read_state(exp)  # a damaged state is refused before the lock file is made
+    with study_lock(exp.parent, name):
+        state = _read_state(exp)  # again: it may have changed while another driver held the lock
+        if tracking_uri and schema.normalize_tracking_uri(tracking_uri) != state["tracking_uri"]:
+            raise DepmicroError(f"study {name!r} is tracked at {state['tracking_uri']}; resume it there (got {tracking_uri})")
+        spec = state["spec_obj"]
+        uri = check_tracking_uri(state["tracking_uri"])
+        if not tune.Tuner.can_restore(str(exp)):
+            raise DepmicroError(f"study {name!r} at {exp} has no Tune state to resume (its driver stopped before the "
+                                "first trial started); run the study file again")
+        exp_id, parent = tracking.start_study(spec, uri)
+        return _execute(spec, exp, uri, exp_id, parent, address, log, restore=True)
 
 
 def _execute(spec: StudySpec, exp: Path, tracking_uri: str, exp_id: str, parent: str, address: str | None,
@@ -139,17 +195,20 @@ def _execute(spec: StudySpec, exp: Path, tracking_uri: str, exp_id: str, parent:
     t0 = time.time()
     # checkpoints every epoch force experiment snapshots (what makes resume exact); do not warn about it
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    cluster = connect(address)
-    log(f"[{spec.name}] Ray: {cluster['nodes']} node(s), {cluster['cpus']:g} CPU, {cluster['gpus']:g} GPU; "
-        f"MLflow: {tracking_uri}; storage: {exp}")
-    shared = prepare_data(spec, exp.parent / ".dep_cache", log)
-    warm_vae(spec, shared, log)
-    if spec.baselines:
-        _run_baselines(spec, shared, tracking_uri, exp_id, parent, log)
-    trainable = tuner.trainable(shared)
     total = spec.n_trials()
-    status = "FAILED"
+    status, reason = "FAILED", ""
+    hint = f"depmicro study resume {spec.name} --storage {exp.parent}"
+    previous_term = _sigterm_as_sigint()
     try:
+        # the data first: a set that fails to load costs no Ray start-up
+        shared = prepare_data(spec, exp.parent / ".dep_cache", log)
+        cluster = connect(address)
+        log(f"[{spec.name}] Ray: {cluster['nodes']} node(s), {cluster['cpus']:g} CPU, {cluster['gpus']:g} GPU; "
+            f"MLflow: {tracking_uri}; storage: {exp}")
+        warm_vae(spec, shared, log)
+        if spec.baselines:
+            _run_baselines(spec, shared, tracking_uri, exp_id, parent, log)
+        trainable = tuner.trainable(shared)
         if restore:
             study_tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=True)
         else:
@@ -169,22 +228,36 @@ def _execute(spec: StudySpec, exp: Path, tracking_uri: str, exp_id: str, parent:
         final_status = tracking.study_status(spec.name, tracking_uri)
         counts = final_status["counts"]
         done = sum(v for k, v in counts.items() if k in schema.TERMINAL)
+        # Tune returns early only when stopped (SIGINT/SIGTERM): every other end runs all trials
         status = "FINISHED" if done >= total else "KILLED"
     except KeyboardInterrupt:
         status = "KILLED"
+        raise KeyboardInterrupt(f"resume with: {hint}") from None
+    except BaseException as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:500]
         raise
     finally:
-        tracking.end_study(tracking_uri, parent, status)
+        signal.signal(signal.SIGTERM, previous_term)
+        tracking.end_study(tracking_uri, parent, status, reason=reason)
         if status != "FINISHED":
             tracking.mark_interrupted(spec.name, tracking_uri, exp_id)
+    if status == "KILLED":
+        raise KeyboardInterrupt(f"{done} of {total} trial(s) done; resume with: {hint}")
     summary = {"name": spec.name, "state": status, "storage": str(exp), "tracking_uri": tracking_uri,
                "trials": sum(counts.values()), "counts": counts, "seconds": round(time.time() - t0, 1)}
-    if status != "FINISHED":
-        summary["next"] = f"depmicro study resume {spec.name} --storage {exp.parent}"
     best = _best_finished(spec, final_status["trials"])
     if best:
         summary["best"] = best
     return summary
+
+
+def _sigterm_as_sigint():
+    """SIGTERM (a scheduler's or `kill`'s stop) takes Ctrl-C's path: during tuner.fit Tune's own
+    SIGINT handler saves the experiment and returns; before it, KeyboardInterrupt. Either way the
+    study ends KILLED in MLflow with a resume hint, not with a dead driver and a RUNNING parent."""
+    if threading.current_thread() is not threading.main_thread():
+        return signal.getsignal(signal.SIGTERM)
+    return signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
 
 
 def _best_finished(spec: StudySpec, trials: list[dict]) -> dict | None:
@@ -202,13 +275,12 @@ def _best_finished(spec: StudySpec, trials: list[dict]) -> dict | None:
 def study_status(name: str, tracking_uri: str | None = None, storage: str | os.PathLike | None = None) -> dict:
     """The study from MLflow (every trial the driver saw), plus whether Tune can resume it."""
     exp = experiment_dir(name, storage)
-    uri = tracking_uri
-    if uri is None and (exp / STATE_FILE).is_file():
-        uri = _read_state(exp)["tracking_uri"]
-    uri = schema.normalize_tracking_uri(uri or schema.default_tracking_uri())
+    state = _read_state(exp) if (exp / STATE_FILE).exists() else None
+    uri = tracking_uri or (state["tracking_uri"] if state else None)
+    uri = check_tracking_uri(schema.normalize_tracking_uri(uri or schema.default_tracking_uri()))
     out = tracking.study_status(name, uri)
     out["storage"] = str(exp)
-    out["resumable"] = bool((exp / STATE_FILE).is_file()) and out["state"] != "FINISHED"
-    if (exp / STATE_FILE).is_file():
-        out["expected_trials"] = spec_from_json(_read_state(exp)["spec"]).n_trials()
+    out["resumable"] = state is not None and out["state"] != "FINISHED"
+    if state is not None:
+        out["expected_trials"] = state["spec_obj"].n_trials()
     return out

@@ -154,17 +154,12 @@ def _label(v: Any) -> str:
 
 def load_spec(path: str | os.PathLike) -> StudySpec:
     """Read and validate a study file; every problem is one DepmicroError line naming the file."""
-    import yaml
+    from depmicro.core.safe_yaml import load_yaml
 
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise DepmicroError(f"{p}: no such study file")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise DepmicroError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    except UnicodeDecodeError:
-        raise DepmicroError(f"{p}: not a text file") from None
+    raw = load_yaml(p, "study file")
     try:
         return spec_from_dict(raw, base_dir=p.resolve().parent, source=str(p.resolve()))
     except DepmicroError as exc:
@@ -181,9 +176,7 @@ def spec_from_dict(raw: Any, base_dir: str | os.PathLike = ".", source: str | No
         raise DepmicroError(f"unknown study key {unknown[0]!r} (known: {', '.join(TOP_KEYS)})")
     if "name" not in raw:
         raise DepmicroError("study key 'name' is required")
-    name = raw["name"]
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise DepmicroError(f"study name must be letters, digits, '_', '.' or '-' (at most 100), not {name!r}")
+    name = check_name(raw["name"])
 
     datasets = _datasets(raw.get("datasets"), base_dir)
     seeds = _int_list(raw.get("seeds", [0]), "seeds", minimum=0)
@@ -198,6 +191,7 @@ def spec_from_dict(raw: Any, base_dir: str | os.PathLike = ".", source: str | No
     reserved = {"test_ratio", "val_ratio"}  # set by the study, not searched: the protocol is fixed per study
 
     search_space = _search_space(raw.get("search_space") or {}, fields - reserved)
+    _check_param_types(search_space)
     ablate = _ablate(raw.get("ablate") or {}, fields - reserved)
     clash = sorted(set(search_space) & set(ablate))
     if clash:
@@ -239,6 +233,43 @@ def spec_from_dict(raw: Any, base_dir: str | os.PathLike = ".", source: str | No
     _check_configs(spec)
     if scheduler.type == "asha" and scheduler.grace_period > spec.max_epochs():
         raise DepmicroError(f"scheduler.grace_period ({scheduler.grace_period}) exceeds the epochs ({spec.max_epochs()})")
+    return spec
+
+
+def check_name(name: Any) -> str:
+    """A study name as a path component: letters, digits, `_.-`, starting with a letter or digit."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise DepmicroError(f"study name must be letters, digits, '_', '.' or '-' (at most 100, no path "
+                            f"separators or '..'), not {name!r}")
+    return name
+
+
+def spec_from_state(d: Any) -> StudySpec:
+    """The spec stored in a study's state file, validated again as if it were a study file: the
+    state file is plain JSON that a person (or a half-finished copy) can break, and resume acts on it."""
+    if not isinstance(d, dict):
+        raise DepmicroError("'spec' missing or not a mapping")
+    try:
+        raw = {
+            "name": d["name"], "datasets": d["datasets"], "seeds": d["seeds"], "test_ratio": d["test_ratio"],
+            "val_ratio": d["val_ratio"], "base_config": d["base_config"], "search_space": d["search_space"],
+            "ablate": d["ablate"], "search": {"algorithm": d["search"], "seed": d["search_seed"]},
+            "scheduler": d["scheduler"], "num_samples": d["num_samples"],
+            "max_concurrent_trials": d["max_concurrent_trials"], "resources_per_trial": d["resources"],
+            "replicates": d["replicates"], "metric": d["metric"], "mode": d["mode"], "baselines": d["baselines"],
+            "max_failures": d["max_failures"], "description": d.get("description", ""),
+        }
+    except KeyError as exc:
+        raise DepmicroError(f"spec has no {exc.args[0]!r}") from None
+    if isinstance(raw["base_config"], dict):
+        raw["base_config"] = {k: v for k, v in raw["base_config"].items() if k not in ("test_ratio", "val_ratio")}
+    if isinstance(raw["datasets"], list):
+        raw["datasets"] = [{k: v for k, v in x.items() if v not in (None, [], {})} if isinstance(x, dict) else x
+                           for x in raw["datasets"]]
+    if not isinstance(raw["datasets"], list) or any(not isinstance(x, dict) or not os.path.isabs(str(x.get("path", "")))
+                                                    and x.get("path") != SYNTHETIC for x in raw["datasets"]):
+        raise DepmicroError("spec datasets must be absolute paths")
+    spec = spec_from_dict(raw, base_dir="/", source=d.get("source") if isinstance(d.get("source"), str) else None)
     return spec
 
 
@@ -291,6 +322,44 @@ def _path(v: Any, base_dir: Path, what: str, must_exist: bool = True) -> str:
 
 
 _DATASET_KEYS = ("path", "name", "metadata", "pretrain", "synthetic")
+_SYNTHETIC_INTS = {"n_samples": (10, 1_000_000), "n_taxa": (2, 100_000), "seed": (0, 2**32 - 1),
+                   "n_directed": (0, 50_000), "n_symmetric": (0, 50_000)}
+_MAX_SYNTHETIC_CELLS = 50_000_000  # 400 MB of float64 counts: more is a typo, not a test set
+
+
+def _data_file(v: Any, base_dir: Path, what: str) -> str:
+    """A data path, and its header read now: a directory or an unreadable table fails here, not
+    in the driver after Ray has started."""
+    from depmicro.core.data import peek_dataset
+
+    path = _path(v, base_dir, what)
+    try:
+        peek_dataset(path)
+    except DepmicroError as exc:
+        raise DepmicroError(f"{what}: {exc}") from None
+    return path
+
+
+def _synthetic(v: dict, what: str) -> dict:
+    """Generator settings, checked as core.synthetic.make_synthetic would check them, and bounded."""
+    extra = sorted(set(map(str, v)) - set(_SYNTHETIC_INTS) - {"metadata"})
+    if extra:
+        raise DepmicroError(f"{what}: unknown key {extra[0]!r} (known: {', '.join([*_SYNTHETIC_INTS, 'metadata'])})")
+    out = dict(v)
+    for k, (lo, hi) in _SYNTHETIC_INTS.items():
+        if k in v:
+            out[k] = _int(v[k], f"{what}.{k}", minimum=lo)
+            if out[k] > hi:
+                raise DepmicroError(f"{what}.{k} must be <= {hi}, not {out[k]}")
+    if "metadata" in v and not isinstance(v["metadata"], bool):
+        raise DepmicroError(f"{what}.metadata must be true or false, not {v['metadata']!r}")
+    n, d = out.get("n_samples", 300), out.get("n_taxa", 30)
+    if n * d > _MAX_SYNTHETIC_CELLS:
+        raise DepmicroError(f"{what}: {n} x {d} is too large (at most {_MAX_SYNTHETIC_CELLS} cells)")
+    pairs = out.get("n_directed", 6) + out.get("n_symmetric", 6)
+    if 2 * pairs > d:
+        raise DepmicroError(f"{what}: {d} taxa cannot hold {pairs} disjoint planted pairs (n_directed + n_symmetric)")
+    return out
 
 
 def _datasets(v: Any, base_dir: Path) -> list[DatasetSpec]:
@@ -317,10 +386,11 @@ def _datasets(v: Any, base_dir: Path) -> list[DatasetSpec]:
             raise DepmicroError(f"{what}.synthetic must be a mapping of generator settings, not {synth!r}")
         if item["path"] == SYNTHETIC:
             path, default_name = SYNTHETIC, SYNTHETIC
+            synth = _synthetic(synth, f"{what}.synthetic")
         else:
             if synth:
                 raise DepmicroError(f"{what}: 'synthetic' settings need path: synthetic")
-            path = _path(item["path"], base_dir, f"{what}.path")
+            path = _data_file(item["path"], base_dir, f"{what}.path")
             default_name = Path(path).name.split(".")[0]
         name = item.get("name", default_name)
         if not isinstance(name, str) or not _NAME.match(name):
@@ -328,12 +398,14 @@ def _datasets(v: Any, base_dir: Path) -> list[DatasetSpec]:
         metadata = item.get("metadata")
         if metadata is not None:
             metadata = _path(metadata, base_dir, f"{what}.metadata")
+            if not Path(metadata).is_file():
+                raise DepmicroError(f"{what}.metadata: {metadata} is not a file")
         pre = item.get("pretrain", []) or []
         if isinstance(pre, str):
             pre = [pre]
         if not isinstance(pre, list):
             raise DepmicroError(f"{what}.pretrain must be a list of paths, not {pre!r}")
-        pre_paths = tuple(_path(x, base_dir, f"{what}.pretrain") for x in pre)
+        pre_paths = tuple(_data_file(x, base_dir, f"{what}.pretrain") for x in pre)
         if path != SYNTHETIC and path in pre_paths:
             raise DepmicroError(f"{what}.pretrain lists the target set itself (pretraining is leave-target-out)")
         out.append(DatasetSpec(name=name, path=path, metadata=metadata, pretrain=pre_paths, synthetic=dict(synth)))
@@ -346,7 +418,6 @@ def _datasets(v: Any, base_dir: Path) -> list[DatasetSpec]:
 
 def _base_config(v: Any, base_dir: Path) -> dict:
     """`base_config: configs/tiny.yaml`, or a mapping of overrides with an optional `file` key."""
-    import yaml
 
     if isinstance(v, str):
         v = {"file": v}
@@ -357,9 +428,9 @@ def _base_config(v: Any, base_dir: Path) -> dict:
     if "file" in v:
         fpath = _path(v.pop("file"), base_dir, "base_config.file")
         try:
-            loaded = yaml.safe_load(Path(fpath).read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise DepmicroError(f"base_config.file {fpath}: not valid YAML ({str(exc).splitlines()[0]})") from None
+            loaded = load_yaml(fpath, "config file")
+        except DepmicroError as exc:
+            raise DepmicroError(f"base_config.file {exc}") from None
         if not isinstance(loaded, dict):
             raise DepmicroError(f"base_config.file {fpath}: must be a mapping of settings")
         merged.update(loaded)
@@ -495,8 +566,40 @@ def _baselines(v: Any) -> list[str]:
     return list(dict.fromkeys(v))
 
 
+_MAX_INT_VALUES = 1000  # an int range is checked value by value up to this many values
+
+
+def _check_param_types(space: dict[str, Param]) -> None:
+    """A continuous distribution for an integer, boolean or text field draws values the field cannot
+    take (`hidden_dim: {type: uniform}` gives 37.4): refuse it by the field's declared type."""
+    from depmicro.core.model.config import ModelConfig
+
+    types = {f.name: str(f.type) for f in dataclasses.fields(ModelConfig)}
+    for k, p in space.items():
+        t = types[k]
+        if p.type in ("uniform", "loguniform") and t != "float":
+            kind = {"int": "an integer", "bool": "a true/false", "str": "a text"}.get(t, t)
+            fix = "type int" if t == "int" else "type choice"
+            raise DepmicroError(f"search_space.{k}: {k} is {kind} field; {p.type} draws fractions (use {fix})")
+        if p.type == "int" and t not in ("int", "float"):
+            raise DepmicroError(f"search_space.{k}: {k} is not a number field; use type choice")
+
+
+def _candidates(p: Param) -> list:
+    """Every value a distribution can draw, where that is a finite list; else the interval's ends
+    (every ModelConfig range rule is an interval, so the ends decide it for continuous draws)."""
+    if p.values:
+        return list(p.values)
+    if p.type == "int" and p.high - p.low + 1 <= _MAX_INT_VALUES:
+        return list(range(int(p.low), int(p.high) + 1))
+    return [p.low, p.high]
+
+
 def _check_configs(spec: StudySpec) -> None:
-    """Every value a trial can get must make a valid ModelConfig: fail now, not in trial 37 at 3 a.m."""
+    """Every value a trial can get must make a valid ModelConfig: fail now, not in trial 37 at 3 a.m.
+    Each drawable value alone, every pair of searched fields (the rules that tie two fields, such
+    as hidden_dim % n_heads, are pairwise), each ablation arm with each searched value, and the full
+    product where it is small enough to enumerate."""
     def check(over: dict, where: str) -> None:
         try:
             config_from_dict({**spec.base_config, **over})
@@ -506,17 +609,24 @@ def _check_configs(spec: StudySpec) -> None:
                 hint = " (YAML reads off/on/yes/no as booleans: quote it, e.g. \"off\")"
             raise DepmicroError(f"{where}: {exc}{hint}") from None
 
-    for k, p in spec.search_space.items():
-        cands = list(p.values) if p.values else [p.low, p.high]
-        for c in cands:
+    cands = {k: _candidates(p) for k, p in spec.search_space.items()}
+    for k, vals in cands.items():
+        for c in vals:
             check({k: c}, f"search_space.{k} value {c!r}")
     for k, vals in spec.ablate.items():
         for c in vals:
             check({k: c}, f"ablate.{k} value {c!r}")
-    discrete = {k: list(p.values) for k, p in spec.search_space.items() if p.values}
-    if 1 < len(discrete):
-        keys = list(discrete)
-        combos = itertools.islice(itertools.product(*(discrete[k] for k in keys)), _MAX_VALIDATED_COMBOS)
-        for combo in combos:
+    combos = "search_space combination "
+    for a, b in itertools.combinations(cands, 2):
+        for va, vb in itertools.product(cands[a], cands[b]):
+            check({a: va, b: vb}, f"{combos}{a}={va!r}, {b}={vb!r}")
+    for arm in spec.arms.values():
+        for k, vals in cands.items():
+            if k not in arm:
+                for c in vals:
+                    check({**arm, k: c}, "ablate " + ", ".join(f"{a}={v!r}" for a, v in arm.items()) + f" with search_space.{k}={c!r}")
+    if 2 < len(cands) and math.prod(len(v) for v in cands.values()) <= _MAX_VALIDATED_COMBOS:
+        keys = list(cands)
+        for combo in itertools.product(*(cands[k] for k in keys)):
             over = dict(zip(keys, combo))
-            check(over, "search_space combination " + ", ".join(f"{k}={v!r}" for k, v in over.items()))
+            check(over, combos + ", ".join(f"{k}={v!r}" for k, v in over.items()))

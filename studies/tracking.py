@@ -32,6 +32,7 @@ from depmicro.studies.schema import (ARTIFACT_CONFIG, ARTIFACT_MODEL, ARTIFACT_P
                                      TAG_ERROR, TAG_GIT_COMMIT, TAG_KIND, TAG_METHOD, TAG_NODE_ID, TAG_NODE_IP, TAG_PARENT,
                                      TAG_REPLICATE, TAG_RETRIES, TAG_SEED, TAG_STATUS, TAG_STUDY, TAG_TRIAL_ID,
                                      TAG_VARIANT, TERMINAL, experiment_name, run_filter, sqlite_path)
+from depmicro.studies.tracking_uri import enable_wal
 from depmicro.studies.trainable import FINAL_FILE, resolve_trial
 
 MAX_PARAM_CHARS = 6000
@@ -119,10 +120,13 @@ def start_study(spec: StudySpec, tracking_uri: str, spec_text: str | None = None
     """Find or create the study's experiment and parent run; returns (experiment id, parent run id)."""
     client = client_for(tracking_uri)
     exp_id = ensure_experiment(client, spec.name, tracking_uri)
+    enable_wal(tracking_uri)  # the store exists now; analyze may read it while the study writes
     found = find_runs(client, exp_id, spec.name, KIND_STUDY)
     if found:
         run_id = found[0].info.run_id
         client.update_run(run_id, status="RUNNING")
+        if TAG_ERROR in found[0].data.tags:  # an earlier driver failed before its first trial
+            client.delete_tag(run_id, TAG_ERROR)
         return exp_id, run_id
     run = client.create_run(exp_id, run_name=spec.name, tags={
         TAG_STUDY: spec.name, TAG_KIND: KIND_STUDY, TAG_GIT_COMMIT: git_commit()})
@@ -133,8 +137,12 @@ def start_study(spec: StudySpec, tracking_uri: str, spec_text: str | None = None
     return exp_id, run.info.run_id
 
 
-def end_study(tracking_uri: str, parent_run_id: str, status: str = "FINISHED") -> None:
-    client_for(tracking_uri).set_terminated(parent_run_id, status)
+def end_study(tracking_uri: str, parent_run_id: str, status: str = "FINISHED", reason: str = "") -> None:
+    """Close the parent run; a failed driver leaves its reason in the `depmicro.error` tag."""
+    client = client_for(tracking_uri)
+    if reason:
+        client.set_tag(parent_run_id, TAG_ERROR, reason[:500])
+    client.set_terminated(parent_run_id, status)
 
 
 def mark_interrupted(study: str, tracking_uri: str, experiment_id: str) -> None:
@@ -351,6 +359,7 @@ def study_status(study: str, tracking_uri: str) -> dict:
     return {
         "name": study, "tracking_uri": tracking_uri, "experiment_id": exp.experiment_id,
         "state": parents[0].info.status if parents else "UNKNOWN", "counts": counts,
+        "error": parents[0].data.tags.get(TAG_ERROR) if parents else None,
         "trials": trials, "baselines": baselines,
     }
 

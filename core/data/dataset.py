@@ -102,6 +102,36 @@ def load_dataset(
     return ds
 
 
+def peek_dataset(path: str | os.PathLike) -> None:
+    """The cheap part of load_dataset: the path is a file of a known format whose header reads
+    (a table's first line and separator, an .h5ad's HDF5 structure with an X). A study checks every
+    data set this way before it starts Ray; the full checks run when the driver loads the data."""
+    p = Path(path)
+    if not p.exists():
+        raise DepmicroError(f"{p}: no such file")
+    if p.is_dir():
+        raise DepmicroError(f"{p}: is a directory, expected a data file")
+    suffix = "".join(p.suffixes[-2:]).lower() if p.suffix == ".gz" else p.suffix.lower()
+    if suffix == ".h5ad":
+        import h5py
+
+        try:
+            with h5py.File(p, "r") as f:
+                if "X" not in f:
+                    raise DepmicroError(f"{p}: the AnnData file has no X matrix")
+        except OSError as exc:
+            raise DepmicroError(f"{p}: not a readable .h5ad file ({str(exc).splitlines()[0] if str(exc) else 'OSError'})") from None
+    elif suffix in (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".txt.gz"):
+        header = _first_line(p)
+        if not header.strip():
+            raise DepmicroError(f"{p}: file is empty")
+        _check_separator(p, header)
+        if header.count(_sep_for(p)) < 1:
+            raise DepmicroError(f"{p}: the header has a single column; expected sample ids and taxa")
+    else:
+        raise DepmicroError(f"{p}: unknown format {p.suffix!r} (expected .h5ad, .csv, .tsv or .txt)")
+
+
 def _read_h5ad(p: Path, allow_missing: bool) -> Dataset:
     import anndata as ad
 
@@ -130,16 +160,53 @@ def _sep_for(p: Path) -> str:
     return "," if name.endswith(".csv") else "\t"
 
 
+_SEPARATORS = {",": "','", "\t": "a tab", ";": "';'", "|": "'|'"}
+
+
+def _first_line(p: Path) -> str:
+    """The header line, through gzip where the name says so; DepmicroError for a damaged file."""
+    import gzip
+    import zlib
+
+    try:
+        if p.name.lower().endswith(".gz"):
+            with gzip.open(p, "rt", encoding="utf-8", newline="") as f:
+                return f.readline()
+        with open(p, encoding="utf-8", newline="") as f:
+            return f.readline()
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise DepmicroError(f"{p}: not a readable gzip file ({exc})" if p.name.lower().endswith(".gz")
+                            else f"{p}: cannot read ({exc})") from None
+    except UnicodeDecodeError:
+        raise DepmicroError(f"{p}: not a UTF-8 text table (binary content?)") from None
+
+
+def _check_separator(p: Path, header: str) -> None:
+    """A ';'-separated .csv parses as one column; say which separator the file uses instead."""
+    sep = _sep_for(p)
+    if sep in header:
+        return
+    found = max((c for c in _SEPARATORS if c != sep), key=header.count)
+    if header.count(found):
+        raise DepmicroError(f"{p}: fields are separated by {_SEPARATORS[found]}, but a {p.name.lower().removesuffix('.gz').rsplit('.', 1)[-1]} "
+                            f"file must use {_SEPARATORS[sep]} (convert it, or name it .csv/.tsv to match)")
+
+
 def _read_table(p: Path, orientation: str, allow_missing: bool) -> Dataset:
+    import zlib
+
+    _check_separator(p, _first_line(p))
     try:
         df = pd.read_csv(p, sep=_sep_for(p), index_col=0, dtype=str, keep_default_na=False)
+        header = list(pd.read_csv(p, sep=_sep_for(p), nrows=1, header=None, dtype=str, keep_default_na=False).iloc[0])[1:]
     except pd.errors.EmptyDataError:
         raise DepmicroError(f"{p}: file is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DepmicroError(f"{p}: cannot parse as a table ({str(exc).splitlines()[0]})") from None
+    except (OSError, EOFError, zlib.error) as exc:  # a gzip stream damaged after its header
+        raise DepmicroError(f"{p}: not a readable file ({type(exc).__name__}: {exc})") from None
     if df.shape[0] == 0 or df.shape[1] == 0:
         raise DepmicroError(f"{p}: table has no data rows or columns")
-    header = list(pd.read_csv(p, sep=_sep_for(p), nrows=1, header=None, dtype=str, keep_default_na=False).iloc[0])[1:]
     df.columns = header  # pandas renames duplicate headers ("t1.1"); keep them so duplicates are caught
     first = str(df.index.name or "").lower()
     if orientation == "auto":
@@ -195,6 +262,11 @@ def _validated(X: np.ndarray, obs: list[str], var: list[str], p: Path, allow_mis
     if (X[~nan] < 0).any():
         r, c = np.argwhere(np.nan_to_num(X) < 0)[0]
         raise DepmicroError(f"{p}: negative count {X[r, c]:g} at sample {obs[r]!r}, taxon {var[c]!r}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        sums = np.where(nan, 0.0, X).sum(axis=1)
+    if not np.isfinite(sums).all() or not np.isfinite(100.0 * sums).all():
+        r = int(np.flatnonzero(~np.isfinite(100.0 * sums))[0])
+        raise DepmicroError(f"{p}: counts of sample {obs[r]!r} are too large to normalize (their sum overflows a float64)")
     for kind, names in (("sample", obs), ("taxon", var)):
         dup = pd.Index(names)[pd.Index(names).duplicated()]
         if len(dup):

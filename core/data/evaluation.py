@@ -59,6 +59,10 @@ def make_split(Y: np.ndarray, seed: int = 0, test_ratio: float = 0.1, val_ratio:
     if not 0 <= val_ratio < 1 or test_ratio + val_ratio >= 1:
         raise DepmicroError(f"val ratio must be in [0, 1) with test + val < 1, not {val_ratio}")
     Y = np.asarray(Y)
+    if Y.ndim != 2 or Y.shape[0] < 2 or Y.shape[1] < 2:
+        shape = " x ".join(map(str, Y.shape))
+        raise DepmicroError(f"held-out evaluation needs at least 2 samples and 2 taxa, not {shape} "
+                            "(a one-row or one-column table has no per-microbe correlation to score)")
     nz = np.flatnonzero(Y > 0)
     if nz.size < 2:
         raise DepmicroError("too few nonzero entries to hold any out")

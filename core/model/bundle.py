@@ -15,7 +15,7 @@ import numpy as np
 
 from depmicro.core.errors import DepmicroError
 from depmicro.core.io.atomic import atomic_dir
-from depmicro.core.io.manifest import MANIFEST, verify_manifest, write_manifest
+from depmicro.core.io.manifest import MANIFEST, read_bundle, read_member, write_manifest
 from depmicro.core.model.config import config_from_dict, config_to_dict
 from depmicro.core.model.imputer import DepMicroDiffImputer, LatentStats
 
@@ -56,41 +56,94 @@ def save_model(imputer: DepMicroDiffImputer, directory: str | os.PathLike) -> No
     manifested_dir(directory, lambda d: write_model_files(imputer, d))
 
 
-def _read_json(d: Path, name: str) -> dict:
-    p = d / name
-    if not p.is_file():
-        raise DepmicroError(f"{d}: not a DepMicroDiff model directory (no {name})")
+MODEL_FILES = ("config.json", "taxa.json", "normalization.json", "metadata_encoder.json", "dependency.npz",
+               "model.safetensors")
+
+
+def bundle_files(d: Path) -> dict[str, bytes]:
+    """The bundle's files, each read once: verified against the manifest when there is one (always,
+    for what save_model writes); else the fixed names, still refusing symlinks."""
+    if (d / MANIFEST).exists() or (d / MANIFEST).is_symlink():
+        files = read_bundle(d)
+    else:
+        files = {n: read_member(d, n) for n in MODEL_FILES if (d / n).exists() or (d / n).is_symlink()}
+    for n in MODEL_FILES:
+        if n not in files:
+            raise DepmicroError(f"{d}: not a complete DepMicroDiff model directory (no {n})")
+    return files
+
+
+def _json(d: Path, files: dict[str, bytes], name: str) -> dict:
     try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError:
-        raise DepmicroError(f"{p}: unreadable JSON") from None
+        obj = json.loads(files[name])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DepmicroError(f"{d / name}: unreadable JSON") from None
+    if not isinstance(obj, dict):
+        raise DepmicroError(f"{d / name}: expected a JSON object, not {type(obj).__name__}")
+    return obj
+
+
+def _floats(d: Path, norm: dict, key: str, n: int) -> np.ndarray:
+    v = norm.get(key)
+    if not isinstance(v, list) or len(v) != n or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+        raise DepmicroError(f"{d / 'normalization.json'}: {key} must be a list of {n} numbers")
+    a = np.asarray(v, dtype=np.float32)
+    if not np.isfinite(a).all():
+        raise DepmicroError(f"{d / 'normalization.json'}: {key} holds a non-finite number")
+    return a
+
+
+def _int_field(d: Path, obj: dict, name: str, key: str, minimum: int = 0) -> int:
+    v = obj.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise DepmicroError(f"{d / name}: {key} must be an integer >= {minimum}, not {v!r}")
+    return v
 
 
 def load_model(directory: str | os.PathLike, device: str = "cpu"):
-    """Rebuild a DepMicroDiffImputer from a bundle; verifies the manifest first when there is one."""
-    from safetensors.torch import load_file
+    """Rebuild a DepMicroDiffImputer from a bundle, loading from the very bytes that were verified.
+    Every field is checked for type and shape: a bundle is untrusted input, its faults one line."""
+    import io
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_safetensors
 
     d = Path(directory)
     if not d.is_dir():
         raise DepmicroError(f"{d}: no such model directory")
-    if (d / MANIFEST).exists():
-        verify_manifest(d)
-    cfg = config_from_dict(_read_json(d, "config.json"))
-    taxa = _read_json(d, "taxa.json")
-    norm = _read_json(d, "normalization.json")
-    meta = _read_json(d, "metadata_encoder.json")
-    if not (d / "dependency.npz").is_file() or not (d / "model.safetensors").is_file():
-        raise DepmicroError(f"{d}: model bundle incomplete (dependency.npz or model.safetensors missing)")
+    files = bundle_files(d)
     try:
-        with np.load(d / "dependency.npz", allow_pickle=False) as z:
+        cfg = config_from_dict(_json(d, files, "config.json"))
+    except DepmicroError as exc:
+        raise DepmicroError(f"{d / 'config.json'}: {exc}") from None
+    taxa = _json(d, files, "taxa.json")
+    norm = _json(d, files, "normalization.json")
+    meta = _json(d, files, "metadata_encoder.json")
+    D = _int_field(d, taxa, "taxa.json", "n_taxa", minimum=1)
+    names = taxa.get("var_names")
+    if not isinstance(names, list) or len(names) != D or not all(isinstance(x, str) for x in names):
+        raise DepmicroError(f"{d / 'taxa.json'}: var_names must be a list of {D} names")
+    meta_dim = _int_field(d, meta, "metadata_encoder.json", "dim") if "dim" in meta else 0
+    try:
+        with np.load(io.BytesIO(files["dependency.npz"]), allow_pickle=False) as z:
             dep = z["dep"] if bool(z["has_dep"]) else None
             rank = z["rank"]
-    except (ValueError, KeyError, OSError) as exc:
-        raise DepmicroError(f"{d}/dependency.npz: unreadable ({exc})") from None
-    imp = DepMicroDiffImputer(cfg, int(taxa["n_taxa"]), taxa["var_names"], int(meta.get("dim", 0)), dep=dep, rank=rank)
+    except Exception as exc:  # zipfile/numpy raise many kinds on a damaged archive
+        raise DepmicroError(f"{d / 'dependency.npz'}: unreadable ({type(exc).__name__})") from None
+    if dep is not None and (dep.shape != (D, D) or dep.dtype != bool):
+        raise DepmicroError(f"{d / 'dependency.npz'}: dep must be a {D} x {D} boolean matrix, not {dep.dtype} {dep.shape}")
+    if rank.shape != (D,) or not np.issubdtype(rank.dtype, np.integer):
+        raise DepmicroError(f"{d / 'dependency.npz'}: rank must be {D} integers, not {rank.dtype} {rank.shape}")
+    try:
+        state = load_safetensors(files["model.safetensors"])
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise DepmicroError(f"{d / 'model.safetensors'}: unreadable safetensors ({str(exc).splitlines()[0][:200]})") from None
+    imp = DepMicroDiffImputer(cfg, D, names, meta_dim, dep=dep, rank=rank)
+    for key in ("latent_mean", "latent_std", "latent_lo", "latent_hi"):
+        _floats(d, norm, key, cfg.latent_dim)  # a string or a wrong length: one line, before from_json
     imp.latent_stats = LatentStats.from_json(norm)
     try:
-        imp.net.load_state_dict(load_file(str(d / "model.safetensors")))
+        imp.net.load_state_dict(state)
     except RuntimeError as exc:
         raise DepmicroError(f"{d}/model.safetensors: weights do not fit the config ({str(exc).splitlines()[0]})") from None
     imp.net.eval()

@@ -194,20 +194,17 @@ def parse_overrides(overrides: Sequence[str]) -> dict:
 
 
 def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> ModelConfig:
-    """YAML file (None = defaults) plus `key=value` overrides, typed by the dataclass fields."""
-    import yaml
+    """YAML file (None = defaults) plus `key=value` overrides, typed by the dataclass fields.
+    An empty file is refused: silently training with every default is never what was meant."""
+    from depmicro.core.safe_yaml import load_yaml
 
     d: dict = {}
     if path is not None:
         p = os.fspath(path)
-        if not os.path.isfile(p):
+        if not os.path.exists(p):
             raise DepmicroError(f"{p}: no such config file")
-        try:
-            with open(p) as f:
-                d = yaml.safe_load(f) or {}
-        except yaml.YAMLError as exc:
-            raise DepmicroError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        d = load_yaml(p, "config file")
         if not isinstance(d, dict):
-            raise DepmicroError(f"{p}: config must be a mapping of settings")
+            raise DepmicroError(f"{p}: config must be a mapping of settings, not {type(d).__name__}")
     d.update(parse_overrides(overrides))
     return config_from_dict(d)

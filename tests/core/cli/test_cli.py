@@ -63,7 +63,7 @@ def _bad_inputs(tmp):
         "unknown format": (["data", "inspect", w("x.xlsx", "x")], "unknown format"),
         "unknown baseline": (["baseline", good, "--method", "svd"], "invalid choice"),
         "bad test ratio": (["baseline", good, "--method", "mean", "--test-ratio", "1.5"], "between 0 and 1"),
-        "too sparse to hold out": (["baseline", w("zeros.csv", "sample,t1\na,0\nb,0\n"), "--method", "mean"], "too few nonzero"),
+        "too sparse to hold out": (["baseline", w("zeros.csv", "sample,t1,t2\na,0,0\nb,0,0\n"), "--method", "mean"], "too few nonzero"),
     }
 
 
