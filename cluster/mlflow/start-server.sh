@@ -8,14 +8,32 @@
 #   MLFLOW_ALLOWED_HOSTS=mlflow.internal:5000 \
 #   cluster/mlflow/start-server.sh
 #
-# Defaults (a local trial run): sqlite:///$PWD/mlflow-server.db and ./mlflow-artifacts, port 5000.
+# Defaults (a local trial run): sqlite:///$PWD/mlflow-server.db and ./mlflow-artifacts, port 5000,
+# listening on 127.0.0.1 only. The server has no authentication of its own: anyone who reaches the
+# port can read, change and delete every run. For a shared server either
+#   - start it with MLflow's basic auth: MLFLOW_AUTH=basic-auth (adds --app-name basic-auth; needs
+#     `pip install "mlflow[auth]"`; set MLFLOW_AUTH_ADMIN_PASSWORD before the first start), or
+#   - keep 127.0.0.1 and put an authenticating reverse proxy (nginx/oauth2-proxy, TLS) in front;
+# and only then set MLFLOW_HOST=0.0.0.0 (or the internal interface).
 set -euo pipefail
 BACKEND="${MLFLOW_BACKEND_URI:-sqlite:///$PWD/mlflow-server.db}"
 ARTIFACTS="${MLFLOW_ARTIFACTS:-$PWD/mlflow-artifacts}"
-HOST="${MLFLOW_HOST:-0.0.0.0}"
+HOST="${MLFLOW_HOST:-127.0.0.1}"
+AUTH="${MLFLOW_AUTH:-}"
 PORT="${MLFLOW_PORT:-5000}"
 WORKERS="${MLFLOW_WORKERS:-4}"
 ALLOWED="${MLFLOW_ALLOWED_HOSTS:-localhost:$PORT,127.0.0.1:$PORT,$(hostname):$PORT}"
+
+APP=()
+case "$AUTH" in
+  "") ;;
+  basic-auth) APP=(--app-name basic-auth)
+              python -c "import flask_wtf" 2>/dev/null || { echo "pip install 'mlflow[auth]' first" >&2; exit 2; } ;;
+  *) echo "MLFLOW_AUTH must be empty or basic-auth, not $AUTH" >&2; exit 2 ;;
+esac
+if [ "$HOST" != "127.0.0.1" ] && [ "$HOST" != "localhost" ] && [ -z "$AUTH" ]; then
+  echo "warning: serving on $HOST without authentication; set MLFLOW_AUTH=basic-auth or use a proxy" >&2
+fi
 
 case "$BACKEND" in
   postgresql*) python -c "import psycopg2" 2>/dev/null || { echo "pip install psycopg2-binary first" >&2; exit 2; } ;;
@@ -34,6 +52,6 @@ exec mlflow server \
   --backend-store-uri "$BACKEND" \
   --artifacts-destination "$ARTIFACTS" \
   --serve-artifacts \
-  --host "$HOST" --port "$PORT" \
+  --host "$HOST" --port "$PORT" "${APP[@]}" \
   --allowed-hosts "$ALLOWED" \
   --workers "$WORKERS"
