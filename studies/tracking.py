@@ -299,6 +299,8 @@ class MlflowTracker(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         rid = self.run_id(trial)
         self._log_epoch(rid, result)
+        if result.get("checkpoint_fallback"):  # a corrupt checkpoint was skipped on restore (studies/checkpoints.py)
+            self.client.set_tag(rid, "depmicro.checkpoint_fallback", str(result["checkpoint_fallback"])[:500])
         node = result.get("node_id")
         if node and f"{rid}:{node}" not in self._tagged_node:  # a retried trial may land on another node
             self.client.set_tag(rid, TAG_NODE_ID, node)

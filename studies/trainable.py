@@ -35,6 +35,7 @@ from depmicro.core.data.evaluation import METRICS, better, per_microbe_pcc
 from depmicro.core.model.bundle import save_model
 from depmicro.core.model.config import ModelConfig, config_from_dict
 from depmicro.core.train import fit
+from depmicro.studies.checkpoints import restore_point
 from depmicro.studies.schema import ARTIFACT_PER_MICROBE
 from depmicro.studies.spec import StudySpec, split_data_key
 
@@ -128,14 +129,16 @@ def train_trial(config: dict, shared: SharedData) -> None:
     resume_from = None
     best: dict = {}
     restore_dir = None
+    fallback_note = None
     ckpt = tune.get_checkpoint()
-    if ckpt is not None:
-        restore_dir = tempfile.mkdtemp(prefix="depmicro-restore-")
-        ckpt.to_directory(restore_dir)
+    if ckpt is not None:  # verified first: a corrupt newest checkpoint falls back to the one before
+        restore_dir, fallback_note = restore_point(ckpt)
+    if restore_dir is not None:
         root = Path(restore_dir)
         if (root / FINAL_FILE).is_file():  # finished before the driver or worker died: report it again, do not retrain
             final = json.loads((root / FINAL_FILE).read_text())
-            tune.report(final["metrics"], checkpoint=tune.Checkpoint.from_directory(restore_dir))
+            extra = {"checkpoint_fallback": fallback_note} if fallback_note else {}
+            tune.report({**final["metrics"], **extra}, checkpoint=tune.Checkpoint.from_directory(restore_dir))
             shutil.rmtree(restore_dir, ignore_errors=True)
             return
         info = json.loads((root / TRIAL_FILE).read_text())
@@ -150,6 +153,9 @@ def train_trial(config: dict, shared: SharedData) -> None:
         _best_so_far(best, rep.val)
         metrics = {"epoch": rep.epoch, "train_loss": float(rep.train_loss), "epoch_seconds": float(rep.seconds),
                    **{f"val_{m}": float(rep.val[m]) for m in METRICS if m in rep.val}, **best, "node_id": node_id}
+        if fallback_note and not pending.get("noted"):  # the first result after a fallback says so
+            metrics["checkpoint_fallback"] = fallback_note
+            pending["noted"] = True
         d = Path(tempfile.mkdtemp(prefix="depmicro-ckpt-"))
         rep.save_checkpoint(d / "state")
         (d / TRIAL_FILE).write_text(json.dumps({"elapsed": elapsed_before + time.time() - t_start, "best": best}))
@@ -174,6 +180,7 @@ def train_trial(config: dict, shared: SharedData) -> None:
     per_test = per_microbe_pcc(Y, filled, split.test)
     per_val = per_microbe_pcc(Y, filled, split.val) if split.val.any() else np.full(Y.shape[1], np.nan)
 
+    pending.pop("noted", None)
     d = pending.get("dir") or Path(tempfile.mkdtemp(prefix="depmicro-ckpt-"))
     metrics = dict(pending.get("metrics") or _last_metrics(res, best, node_id))
     metrics.update({f"test_{k}": (float(v) if k not in ("n_microbes", "n_heldout") else int(v)) for k, v in test.items()})

@@ -98,6 +98,8 @@ def progress_callback(spec: StudySpec, total: int):
             self._p(f"trial {trial.trial_id} start  {s.data_key} {s.arm}{' ' + shown if shown else ''}")
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
+            if result.get("checkpoint_fallback"):
+                self._p(f"trial {trial.trial_id} checkpoint: {result['checkpoint_fallback']}")
             m = result.get(spec.metric)
             self._p(f"trial {trial.trial_id} epoch {result.get('epoch')}  {spec.metric}={_fmt(m)}"
                     + (f"  test_pcc_per_microbe={_fmt(result['test_pcc_per_microbe'])}" if "test_pcc_per_microbe" in result else ""))
