@@ -23,6 +23,7 @@ from depmicro.core.data import load_dataset
 from depmicro.core.data.evaluation import COUNTS, METRICS, direction, evaluate, make_split, training_view
 from depmicro.core.errors import DepmicroError
 from depmicro.core.io.manifest import MANIFEST
+from depmicro.core.io.outputs import MODEL_KIND, check_output
 from depmicro.core.model.bundle import load_model, manifested_dir
 from depmicro.studies.schema import ARTIFACT_MODEL
 
@@ -77,9 +78,7 @@ def export(study_name: str, out: str | Path, tracking_uri: str | None = None, me
     from mlflow.tracking import MlflowClient
 
     t0 = time.perf_counter()
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
-        raise DepmicroError(f"{out}: exists and is not a depmicro bundle; refusing to replace it")
+    out = check_output(out, directory=MODEL_KIND)  # replaces only a model bundle, and can write there
     study = load_study(study_name, tracking_uri)
     best = pick_best(study, metric, mode, dataset)
     client = MlflowClient(study.tracking_uri)

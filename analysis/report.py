@@ -15,7 +15,9 @@ import pandas as pd
 from depmicro.analysis import figures, importance, stats, tables
 from depmicro.analysis.runs import StudyRuns, base_arms, configs, load_study, per_microbe, results
 from depmicro.core.errors import DepmicroError
-from depmicro.core.io.atomic import atomic_write_text
+from depmicro.core.io.atomic import atomic_dir, atomic_write_text
+from depmicro.core.io.manifest import MANIFEST, write_manifest
+from depmicro.core.io.outputs import REPORT_KIND, check_output
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;font-size:12px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right;white-space:nowrap}
@@ -43,34 +45,57 @@ def analyze(study_name: str, out: str | Path, tracking_uri: str | None = None, l
     Paired tests compare every arm with `reference`: by default the arm repeating the base config
     (an ablation study's full model), else the arm with the best mean per-microbe PCC."""
     t0 = time.perf_counter()
+    target = check_output(out, directory=REPORT_KIND)  # replaces only an earlier report, and can write there
     study = load_study(study_name, tracking_uri)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     res = results(study)
     if res.empty:
         raise DepmicroError(f"study {study_name!r} has no finished trials or baselines with test metrics yet")
-    # params of finished trials for sweeps; baselines have none
-    fin = study.finished
-    res_params = res.merge(fin[["run_id"] + [c for c in fin.columns if c.startswith("param.")]], on="run_id", how="left")
-
-    summ = tables.summary(res)
-    paths = tables.write_tables(summ, out)
-    cfgs = configs(study)
-    if len(cfgs):
-        atomic_write_text(out / "configs.csv", cfgs.to_csv(index=False))
     labels = set(res["label"])
     if reference is not None and reference not in labels:
         raise DepmicroError(f"no arm {reference!r} in study {study_name!r} (arms: {', '.join(sorted(labels))})")
     reference = reference or next((a for a in base_arms(study) if a in labels), None) or stats.reference_label(res)
+    fin = study.finished
+    best = stats.reference_label(res)
+    n_figs: list[int] = []
+
+    def fill(d: Path) -> None:
+        n_figs.append(_write_report(study, res, d, reference, best))
+        write_manifest(d, kind=REPORT_KIND)
+
+    # built in a sibling folder and renamed into place: an error leaves the old report or none, never half
+    atomic_dir(target, fill)
+    report = target / "report.html"
+    logged = False
+    if log_to_parent and study.parent is not None:
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(study.tracking_uri).log_artifact(study.parent["run_id"], str(report), artifact_path="analysis")
+        logged = True
+    return {
+        "study": study_name, "out": str(out), "n_trials": int(len(study.trials)), "n_finished": int(len(fin)),
+        "n_baseline_runs": int(len(study.baselines)), "reference": reference, "best": best,
+        "files": sorted(p.name for p in target.iterdir() if not p.name.startswith(".") and p.name != MANIFEST),
+        "n_figures": n_figs[0], "logged_to_parent": logged, "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def _write_report(study: StudyRuns, res: pd.DataFrame, out: Path, reference: str, best: str) -> int:
+    """Every table, figure and report.html into `out`; returns the number of figures."""
+    fin = study.finished
+    # params of finished trials for sweeps; baselines have none
+    res_params = res.merge(fin[["run_id"] + [c for c in fin.columns if c.startswith("param.")]], on="run_id", how="left")
+    summ = tables.summary(res)
+    tables.write_tables(summ, out)
+    cfgs = configs(study)
+    if len(cfgs):
+        atomic_write_text(out / "configs.csv", cfgs.to_csv(index=False))
     comp = stats.compare(res, metrics=("pcc_per_microbe", "pcc", "rmse"), reference=reference)
     atomic_write_text(out / "comparisons.csv", comp.to_csv(index=False))
-    paths["comparisons_csv"] = out / "comparisons.csv"
 
     ended = study.ended
     target = importance.DEFAULT_TARGET if importance.DEFAULT_TARGET in ended else "val_pcc_per_microbe"
     imp = importance.param_importance(ended, study.varying, target=target)
     atomic_write_text(out / "importance.csv", imp.to_csv(index=False))
-    paths["importance_csv"] = out / "importance.csv"
     # the paper plots test metrics against a setting (Fig. 10); a search whose finished trials do not
     # cover two values of a setting (ASHA stops most) falls back to the validation target of all ended trials
     sws = {p: (s, "test_pcc_per_microbe") for p, s in importance.sweeps(res_params[res_params["kind"] == "trial"]).items()}
@@ -80,7 +105,6 @@ def analyze(study_name: str, out: str | Path, tracking_uri: str | None = None, l
 
     figs: list[tuple[Path, str]] = []
     pcc = per_microbe(list(res["run_id"]))
-    best = stats.reference_label(res)
     mat = figures.per_microbe_matrix(res, pcc, best)
     if (f := figures.heatmap(mat, out / "fig_per_microbe_heatmap.png", f"per-microbe test PCC, {best}")):
         figs.append((f, f"Per-microbe test PCC of {best} across datasets (mean over seeds; blank: fewer than 5 held-out entries). Cf. paper Fig. 5."))
@@ -92,22 +116,8 @@ def analyze(study_name: str, out: str | Path, tracking_uri: str | None = None, l
         if (f := figures.sweep_plot(s, p, metric, out / f"fig_sweep_{p}.png")):
             cap = f"{metric} against {p} (mean ± std over trials sharing the value)" + (" — cf. paper Fig. 10." if p == "ar_decay" else ".")
             figs.append((f, cap))
-
-    report = out / "report.html"
-    atomic_write_text(report, _html(study, res, summ, comp, imp, figs, target, cfgs))
-    paths["report"] = report
-    logged = False
-    if log_to_parent and study.parent is not None:
-        from mlflow.tracking import MlflowClient
-
-        MlflowClient(study.tracking_uri).log_artifact(study.parent["run_id"], str(report), artifact_path="analysis")
-        logged = True
-    return {
-        "study": study_name, "out": str(out), "n_trials": int(len(study.trials)), "n_finished": int(len(fin)),
-        "n_baseline_runs": int(len(study.baselines)), "reference": reference, "best": best,
-        "files": sorted(p.name for p in out.iterdir() if not p.name.startswith(".")),
-        "n_figures": len(figs), "logged_to_parent": logged, "seconds": round(time.perf_counter() - t0, 2),
-    }
+    atomic_write_text(out / "report.html", _html(study, res, summ, comp, imp, figs, target, cfgs))
+    return len(figs)
 
 
 def _html(study: StudyRuns, res: pd.DataFrame, summ: pd.DataFrame, comp: pd.DataFrame, imp: pd.DataFrame,

@@ -20,6 +20,7 @@ from depmicro.core.errors import DepmicroError
 from depmicro.core.model.config import ModelConfig, config_to_dict
 from depmicro.studies.schema import (ARTIFACT_PER_MICROBE, FINISHED, KIND_BASELINE, KIND_STUDY, KIND_TRIAL, TAG_PARENT,
                                      TAG_PREFIX, default_tracking_uri, experiment_name, run_filter, sqlite_path, tag_column)
+from depmicro.studies.tracking_uri import check_tracking_uri
 
 
 @dataclass
@@ -77,14 +78,11 @@ def set_tracking(uri: str | None) -> str:
     import mlflow
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per downloaded run floods the terminal
-    from depmicro.studies.tracking_uri import check_tracking_uri, enable_wal
-
     uri = check_tracking_uri(uri or default_tracking_uri())
     db = sqlite_path(uri)
     if db is not None:
         if not db.is_file():  # MLflow would silently create an empty store and report "no such study"
             raise DepmicroError(f"no MLflow database at {db} (give --tracking-uri)")
-        enable_wal(uri)
     mlflow.set_tracking_uri(uri)
     return uri
 

@@ -11,19 +11,36 @@ def _common(p: argparse.ArgumentParser, address: bool = True) -> None:
     p.add_argument("--storage", help="Ray Tune storage directory (default: ./depmicro_results)")
 
 
+def _precheck(args: argparse.Namespace, file: str | None = None) -> None:
+    """What can be refused without Ray: the study file or name and the tracking URI, before the
+    runner (which imports Ray and MLflow) is loaded, so a mistake costs a fraction of a second."""
+    from depmicro.studies.spec import check_name, load_spec
+    from depmicro.studies.tracking_uri import check_tracking_uri
+
+    if file is not None:
+        load_spec(file)
+    else:
+        check_name(args.name)
+    if args.tracking_uri:
+        check_tracking_uri(args.tracking_uri)
+
+
 def _run(args: argparse.Namespace) -> dict:
+    _precheck(args, args.file)
     from depmicro.studies.runner import run_study
 
     return run_study(args.file, address=args.address, tracking_uri=args.tracking_uri, storage=args.storage)
 
 
 def _resume(args: argparse.Namespace) -> dict:
+    _precheck(args)
     from depmicro.studies.runner import resume_study
 
     return resume_study(args.name, address=args.address, tracking_uri=args.tracking_uri, storage=args.storage)
 
 
 def _status(args: argparse.Namespace) -> dict | None:
+    _precheck(args)
     from depmicro.studies.runner import study_status
 
     st = study_status(args.name, tracking_uri=args.tracking_uri, storage=args.storage)

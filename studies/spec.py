@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from depmicro.core.data.baselines import BASELINES
+from depmicro.core.data.dataset import peek_dataset
 from depmicro.core.data.evaluation import METRICS, direction
 from depmicro.core.errors import DepmicroError
+from depmicro.core.io.safe_yaml import load_yaml
 from depmicro.core.model.config import ModelConfig, config_from_dict, config_to_dict
 
 SYNTHETIC = "synthetic"
@@ -154,8 +156,6 @@ def _label(v: Any) -> str:
 
 def load_spec(path: str | os.PathLike) -> StudySpec:
     """Read and validate a study file; every problem is one DepmicroError line naming the file."""
-    from depmicro.core.safe_yaml import load_yaml
-
     p = Path(path)
     if not p.exists():
         raise DepmicroError(f"{p}: no such study file")
@@ -330,8 +330,6 @@ _MAX_SYNTHETIC_CELLS = 50_000_000  # 400 MB of float64 counts: more is a typo, n
 def _data_file(v: Any, base_dir: Path, what: str) -> str:
     """A data path, and its header read now: a directory or an unreadable table fails here, not
     in the driver after Ray has started."""
-    from depmicro.core.data import peek_dataset
-
     path = _path(v, base_dir, what)
     try:
         peek_dataset(path)
@@ -572,7 +570,6 @@ _MAX_INT_VALUES = 1000  # an int range is checked value by value up to this many
 def _check_param_types(space: dict[str, Param]) -> None:
     """A continuous distribution for an integer, boolean or text field draws values the field cannot
     take (`hidden_dim: {type: uniform}` gives 37.4): refuse it by the field's declared type."""
-    from depmicro.core.model.config import ModelConfig
 
     types = {f.name: str(f.type) for f in dataclasses.fields(ModelConfig)}
     for k, p in space.items():

@@ -80,8 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     except DepmicroError as exc:
         print(f"depmicro {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"depmicro {args.command}: interrupted", file=sys.stderr)
+    except OSError as exc:  # the disk filled or a folder turned read-only after the checks: still one line
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"depmicro {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:  # a study's driver says how to resume in the message
+        print(f"depmicro {args.command}: interrupted" + (f"; {exc}" if str(exc) else ""), file=sys.stderr)
         return 130
     if result is not None:
         emit(result, getattr(args, "json", False))

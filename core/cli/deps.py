@@ -3,10 +3,10 @@ reuse as a study's precomputed matrices."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from depmicro.core.cli.common import add_command, alpha, count, nonneg
 from depmicro.core.errors import DepmicroError
+from depmicro.core.io.outputs import PLOTS_KIND, check_output
 
 
 def _cmd_deps(args: argparse.Namespace) -> dict:
@@ -17,13 +17,10 @@ def _cmd_deps(args: argparse.Namespace) -> dict:
 
     if args.mi_alpha is not None and args.permutations == 0:
         raise DepmicroError("--mi-alpha needs permutation p-values: give --permutations N (N > 0)")
-    out = Path(args.out)
-    if out.exists() and out.is_dir():
-        raise DepmicroError(f"{out}: is a directory, expected an .npz file path")
-    if not out.parent.exists():
-        raise DepmicroError(f"{out.parent}: output directory does not exist")
-    if args.plot and Path(args.plot).exists() and not Path(args.plot).is_dir():
-        raise DepmicroError(f"{args.plot}: exists and is not a directory (--plot takes a directory)")
+    inputs = (args.path, args.metadata)
+    out = check_output(args.out, inputs=inputs)
+    if args.plot:
+        check_output(args.plot, flag="--plot", directory=PLOTS_KIND, inputs=(*inputs, out))
     ds = load_dataset(args.path, metadata=args.metadata, orientation=args.orientation)
     order = order_from_metadata(ds.metadata, args.order_by) if args.order_by else None
     settings = DepSettings(lag=args.lag, order_by=args.order_by, n_permutations=args.permutations, seed=args.seed,

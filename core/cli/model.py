@@ -11,6 +11,7 @@ from pathlib import Path
 
 from depmicro.core.cli.common import add_command
 from depmicro.core.errors import DepmicroError
+from depmicro.core.io.outputs import MODEL_KIND, check_output
 
 
 def _cmd_train(args: argparse.Namespace) -> dict:
@@ -24,9 +25,7 @@ def _cmd_train(args: argparse.Namespace) -> dict:
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
     cfg = load_config(args.config, overrides)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise DepmicroError(f"{out}: exists and is not a directory")
+    out = check_output(args.out, directory=MODEL_KIND, inputs=(args.config, args.data, args.metadata, *(args.pretrain or [])))
     ds = load_dataset(args.data, metadata=args.metadata)
     pretrain = [load_dataset(p) for p in (args.pretrain or [])]
     if pretrain:
@@ -73,17 +72,18 @@ def _cmd_impute(args: argparse.Namespace) -> dict:
 
     from depmicro.core.model.bundle import load_model
     from depmicro.core.data import load_dataset
-    from depmicro.core.io.manifest import verify_manifest
+    from depmicro.core.io.manifest import MANIFEST
 
     t0 = time.perf_counter()
     model_dir = Path(args.model)
     if not model_dir.is_dir():
         raise DepmicroError(f"{model_dir}: no such model directory")
-    verify_manifest(model_dir)  # refuses a bundle without a manifest, or one that does not match it
-    out = Path(args.out)
-    if out.suffix.lower() not in (".h5ad", ".csv", ".tsv"):
-        raise DepmicroError(f"{out}: output must end in .h5ad, .csv or .tsv")
-    imp = load_model(model_dir)
+    if not (model_dir / MANIFEST).exists():
+        raise DepmicroError(f"{model_dir}: no {MANIFEST}; not a depmicro bundle")
+    if Path(args.out).suffix.lower() not in (".h5ad", ".csv", ".tsv"):
+        raise DepmicroError(f"{args.out}: output must end in .h5ad, .csv or .tsv")
+    out = check_output(args.out, inputs=(model_dir, args.data, args.metadata))
+    imp = load_model(model_dir)  # verifies the manifest and loads from the bytes it hashed
     ds = load_dataset(args.data, metadata=args.metadata, allow_missing=True)
     if ds.var_names != imp.var_names:
         diff = sorted(set(ds.var_names) ^ set(imp.var_names))

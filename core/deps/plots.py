@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from depmicro.core.io.atomic import atomic_path
+from depmicro.core.io.atomic import atomic_dir, atomic_path
+from depmicro.core.io.manifest import write_manifest
 from depmicro.core.deps.stats import DepStats
 from depmicro.core.errors import DepmicroError
+from depmicro.core.io.outputs import PLOTS_KIND
 
 
 def _save(fig, path: Path) -> Path:
@@ -54,10 +56,23 @@ def plot_dependencies(stats: DepStats, Y: np.ndarray, out_dir: str | os.PathLike
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise DepmicroError(f"{out}: exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
+    target = Path(out_dir)
+    if target.exists() and not target.is_dir():
+        raise DepmicroError(f"{target}: exists and is not a directory")
+    names: list[str] = []
+
+    def fill(out: Path) -> None:
+        names.extend(_draw(stats, Y, out, plt, top_pairs=top_pairs, n_variable=n_variable, mi_threshold=mi_threshold,
+                           alpha=alpha))
+        write_manifest(out, kind=PLOTS_KIND)
+
+    # built aside and renamed into place (a manifest marks it as ours): a failure leaves no half folder
+    atomic_dir(target, fill)
+    return [target / n for n in names]
+
+
+def _draw(stats: DepStats, Y: np.ndarray, out: Path, plt, *, top_pairs: int, n_variable: int, mi_threshold: float,
+          alpha: float) -> list[str]:
     names = stats.var_names
     taxa = most_variable(np.asarray(Y, dtype=np.float64), n_variable)
     paths = []
@@ -94,4 +109,4 @@ def plot_dependencies(stats: DepStats, Y: np.ndarray, out_dir: str | os.PathLike
     ax.axis("off")
     paths.append(_save(fig, out / "fig2_mi_network.png"))
     plt.close(fig)
-    return paths
+    return [p.name for p in paths]

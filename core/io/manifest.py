@@ -34,8 +34,10 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_manifest(bundle: Path) -> dict:
-    """Hash every file under `bundle` (except the manifest itself) into manifest.json."""
+def write_manifest(bundle: Path, kind: str | None = None) -> dict:
+    """Hash every file under `bundle` (except the manifest itself) into manifest.json. `kind` names
+    what depmicro wrote ("report", "deps-plots"; none for a model bundle, as before), so a command
+    can tell a directory of its own kind, which it may replace, from anything else."""
     bundle = Path(bundle)
     files = {
         p.relative_to(bundle).as_posix(): sha256_file(p)
@@ -43,6 +45,8 @@ def write_manifest(bundle: Path) -> dict:
         if p.is_file() and p.name != MANIFEST
     }
     manifest = {"format": "depmicro-bundle/1", "algorithm": "sha256", "files": files}
+    if kind is not None:
+        manifest["kind"] = kind
     atomic_write_text(bundle / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
     return manifest
 

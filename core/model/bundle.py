@@ -43,11 +43,11 @@ def write_model_files(imputer, d: Path) -> None:
         "model": imputer.cfg.metadata_model, "pooling": "mean", "dim": int(imputer.meta_dim)}, indent=2))
 
 
-def manifested_dir(directory: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
+def manifested_dir(directory: str | os.PathLike, fill: Callable[[Path], None], kind: str | None = None) -> Path:
     """Build a directory with `fill(tmp)`, add its SHA-256 manifest, then swap it into place."""
     def fill_and_sign(d: Path) -> None:
         fill(d)
-        write_manifest(d)
+        write_manifest(d, kind=kind)
 
     return atomic_dir(directory, fill_and_sign)
 

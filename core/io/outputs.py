@@ -21,6 +21,8 @@ from depmicro.core.errors import DepmicroError
 
 MANIFEST = "manifest.json"
 BUNDLE_FORMAT = "depmicro-bundle/1"
+# the kinds of directory depmicro writes (manifest "kind"; a model bundle has none, as it always had)
+MODEL_KIND, REPORT_KIND, PLOTS_KIND = "model", "report", "deps-plots"
 _PROBE_BYTES = 4096
 
 
@@ -82,6 +84,8 @@ def check_output(out: str | os.PathLike, *, flag: str = "--out", directory: str 
     cwd = Path.cwd().resolve()
     if _inside(cwd, target):
         raise DepmicroError(f"{shown} is the working directory or holds it; give a new directory")
+    if directory is not None and target.exists() and not target.is_dir():
+        raise DepmicroError(f"{shown} exists and is not a directory")
     for raw in inputs:
         if raw is None:
             continue
