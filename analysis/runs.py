@@ -19,8 +19,8 @@ from depmicro.core.data.evaluation import METRICS
 from depmicro.core.errors import DepmicroError
 from depmicro.core.model.config import ModelConfig, config_to_dict
 from depmicro.studies.schema import (ARTIFACT_PER_MICROBE, FINISHED, KIND_BASELINE, KIND_STUDY, KIND_TRIAL, TAG_PARENT,
-                                     TAG_PREFIX, default_tracking_uri, experiment_name, run_filter, sqlite_path, tag_column)
-from depmicro.studies.tracking_uri import check_tracking_uri
+                                     TAG_PREFIX, check_tracking_uri, default_tracking_uri, experiment_name, run_filter,
+                                     sqlite_path, tag_column)
 
 
 @dataclass

@@ -15,7 +15,7 @@ def _precheck(args: argparse.Namespace, file: str | None = None) -> None:
     """What can be refused without Ray: the study file or name and the tracking URI, before the
     runner (which imports Ray and MLflow) is loaded, so a mistake costs a fraction of a second."""
     from depmicro.studies.spec import check_name, load_spec
-    from depmicro.studies.tracking_uri import check_tracking_uri
+    from depmicro.studies.schema import check_tracking_uri
 
     if file is not None:
         load_spec(file)

@@ -36,7 +36,6 @@ from depmicro.core.errors import DepmicroError
 from depmicro.core.io.atomic import atomic_write_text
 from depmicro.studies import schema, tracking, tuner
 from depmicro.studies.spec import StudySpec, check_name, load_spec, spec_from_state, split_data_key
-from depmicro.studies.tracking_uri import check_tracking_uri
 from depmicro.studies.prepare import prepare_data, warm_vae
 from depmicro.studies.trainable import SharedData
 
@@ -152,7 +151,7 @@ def run_study(path: str | os.PathLike, address: str | None = None, tracking_uri:
     """Validate the study file, start or join Ray, and run every trial (`depmicro study run`)."""
     log = log or tracking.print_line
     spec = load_spec(path)  # before anything starts: a bad file costs a second
-    tracking_uri = check_tracking_uri(schema.normalize_tracking_uri(tracking_uri or schema.default_tracking_uri()))
+    tracking_uri = schema.check_tracking_uri(schema.normalize_tracking_uri(tracking_uri or schema.default_tracking_uri()))
     storage = storage_root(storage)
     with study_lock(storage, spec.name):
         exp = storage / spec.name
@@ -182,7 +181,7 @@ def resume_study(name: str, address: str | None = None, tracking_uri: str | None
         if tracking_uri and schema.normalize_tracking_uri(tracking_uri) != state["tracking_uri"]:
             raise DepmicroError(f"study {name!r} is tracked at {state['tracking_uri']}; resume it there (got {tracking_uri})")
         spec = state["spec_obj"]
-        uri = check_tracking_uri(state["tracking_uri"])
+        uri = schema.check_tracking_uri(state["tracking_uri"])
         if not tune.Tuner.can_restore(str(exp)):
             raise DepmicroError(f"study {name!r} at {exp} has no Tune state to resume (its driver stopped before the "
                                 "first trial started); run the study file again")
@@ -203,6 +202,7 @@ def _execute(spec: StudySpec, exp: Path, tracking_uri: str, exp_id: str, parent:
         # the data first: a set that fails to load costs no Ray start-up
         shared = prepare_data(spec, exp.parent / ".dep_cache", log)
         cluster = connect(address)
+        _sigterm_as_sigint()  # again: ray.init installs its own SIGTERM handler, which aborts the driver
         log(f"[{spec.name}] Ray: {cluster['nodes']} node(s), {cluster['cpus']:g} CPU, {cluster['gpus']:g} GPU; "
             f"MLflow: {tracking_uri}; storage: {exp}")
         warm_vae(spec, shared, log)
@@ -277,7 +277,7 @@ def study_status(name: str, tracking_uri: str | None = None, storage: str | os.P
     exp = experiment_dir(name, storage)
     state = _read_state(exp) if (exp / STATE_FILE).exists() else None
     uri = tracking_uri or (state["tracking_uri"] if state else None)
-    uri = check_tracking_uri(schema.normalize_tracking_uri(uri or schema.default_tracking_uri()))
+    uri = schema.check_tracking_uri(schema.normalize_tracking_uri(uri or schema.default_tracking_uri()))
     out = tracking.study_status(name, uri)
     out["storage"] = str(exp)
     out["resumable"] = state is not None and out["state"] != "FINISHED"

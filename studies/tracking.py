@@ -27,12 +27,12 @@ from ray.tune import Callback
 from depmicro.core.errors import DepmicroError
 from depmicro.core.model.config import config_from_dict, config_to_dict
 from depmicro.studies.spec import StudySpec
-from depmicro.studies.schema import (ARTIFACT_CONFIG, ARTIFACT_MODEL, ARTIFACT_PER_MICROBE, ARTIFACT_SPEC, EPOCH_KEYS,
-                                     FINAL_KEYS, KIND_BASELINE, KIND_STUDY, KIND_TRIAL, TAG_DATASET, TAG_EPOCHS_DONE,
-                                     TAG_ERROR, TAG_GIT_COMMIT, TAG_KIND, TAG_METHOD, TAG_NODE_ID, TAG_NODE_IP, TAG_PARENT,
+from depmicro.studies.schema import (ARTIFACT_CONFIG, ARTIFACT_MODEL, ARTIFACT_PER_MICROBE, ARTIFACT_SPEC,
+                                     EPOCH_KEYS, FINAL_KEYS, KIND_BASELINE, KIND_STUDY, KIND_TRIAL,
+                                     TAG_CHECKPOINT_FALLBACK, TAG_DATASET, TAG_EPOCHS_DONE, TAG_ERROR,
+                                     TAG_GIT_COMMIT, TAG_KIND, TAG_METHOD, TAG_NODE_ID, TAG_NODE_IP, TAG_PARENT,
                                      TAG_REPLICATE, TAG_RETRIES, TAG_SEED, TAG_STATUS, TAG_STUDY, TAG_TRIAL_ID,
-                                     TAG_VARIANT, TERMINAL, experiment_name, run_filter, sqlite_path)
-from depmicro.studies.tracking_uri import enable_wal
+                                     TAG_VARIANT, TERMINAL, enable_wal, experiment_name, run_filter, sqlite_path)
 from depmicro.studies.trainable import FINAL_FILE, resolve_trial
 
 MAX_PARAM_CHARS = 6000
@@ -300,7 +300,7 @@ class MlflowTracker(Callback):
         rid = self.run_id(trial)
         self._log_epoch(rid, result)
         if result.get("checkpoint_fallback"):  # a corrupt checkpoint was skipped on restore (studies/checkpoints.py)
-            self.client.set_tag(rid, "depmicro.checkpoint_fallback", str(result["checkpoint_fallback"])[:500])
+            self.client.set_tag(rid, TAG_CHECKPOINT_FALLBACK, str(result["checkpoint_fallback"])[:500])
         node = result.get("node_id")
         if node and f"{rid}:{node}" not in self._tagged_node:  # a retried trial may land on another node
             self.client.set_tag(rid, TAG_NODE_ID, node)

@@ -3,6 +3,7 @@ state (optimizer, RNG, best-so-far) that a training checkpoint adds to a model b
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import random
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ import torch
 
 from depmicro.core.diffusion.loss import epsilon_loss
 from depmicro.core.errors import DepmicroError
-from depmicro.core.io.manifest import MANIFEST, verify_manifest
+from depmicro.core.io.manifest import MANIFEST, read_bundle, read_member
 from depmicro.core.model.bundle import manifested_dir, write_model_files
 from depmicro.core.model.config import ModelConfig
 from depmicro.core.model.imputer import DepMicroDiffImputer, LatentStats
@@ -121,17 +122,19 @@ class Trainer:
         return tensors, meta
 
     def restore(self, directory: Path) -> tuple[int, dict, list[dict], int]:
-        from safetensors.torch import load_file
+        """Continue from a checkpoint; every file is read once, verified against the manifest, and
+        loaded from the bytes that were hashed (nothing can change between the check and the use)."""
+        from safetensors.torch import load as load_safetensors
 
         d = Path(directory)
         if not (d / "train_state.json").is_file() or not (d / "train_state.pt").is_file():
             raise DepmicroError(f"{d}: not a training checkpoint (train_state.json / train_state.pt missing)")
-        if (d / MANIFEST).exists():
-            verify_manifest(d)
-        meta = json.loads((d / "train_state.json").read_text())
-        tensors = torch.load(d / "train_state.pt", weights_only=True, map_location="cpu")
-        self.imp.net.load_state_dict(load_file(str(d / "model.safetensors")))
-        norm = json.loads((d / "normalization.json").read_text())
+        files = read_bundle(d) if (d / MANIFEST).exists() else {
+            n: read_member(d, n) for n in ("train_state.json", "train_state.pt", "model.safetensors", "normalization.json")}
+        meta = json.loads(files["train_state.json"])
+        tensors = torch.load(io.BytesIO(files["train_state.pt"]), weights_only=True, map_location="cpu")
+        self.imp.net.load_state_dict(load_safetensors(files["model.safetensors"]))
+        norm = json.loads(files["normalization.json"])
         self.imp.latent_stats = LatentStats.from_json(norm)
         self.opt.load_state_dict(tensors["optimizer"])
         torch.set_rng_state(tensors["torch_rng"])

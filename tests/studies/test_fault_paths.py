@@ -1,0 +1,291 @@
+"""The fault paths of issue 11, with real processes, asserting what MLflow and the study state say
+afterwards: a driver failing before its first trial, two drivers of one study, SIGINT/SIGTERM of the
+driver, a corrupt trial checkpoint, and `analyze` reading the SQLite store a running study writes."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Driver, small_study, study_args
+from tests.mlflow_study import STUDY
+
+RUN_CLI = "import sys; from depmicro.core.cli import main; sys.exit(main())"
+
+
+def cli(args: list, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", RUN_CLI, *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+def parent_run(uri: str, name: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(f"depmicro-{name}")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`depmicro.kind` = 'study'")
+    return runs, client.search_runs([exp.experiment_id], filter_string="tags.`depmicro.kind` = 'trial'")
+
+
+def test_driver_failing_before_its_first_trial_ends_failed_and_can_run_again(tmp_path):
+    """A data set whose header reads but whose cells do not: the driver fails while loading it
+    (before Ray starts). The parent run is FAILED with the reason, status says so, resume points
+    back to `study run`, and `study run` starts again (and fails again for the same reason)."""
+    data = tmp_path / "broken.csv"
+    data.write_text("id,a,b,c\n" + "".join(f"s{i},1,2,{'x' if i == 7 else 3}\n" for i in range(20)))
+    spec = small_study(tmp_path, "early", epochs=2, num_samples=1)
+    import yaml
+
+    raw = yaml.safe_load(spec.read_text())
+    raw["datasets"] = [str(data)]
+    spec.write_text(yaml.safe_dump(raw, sort_keys=False))
+    uri, storage = study_args(tmp_path)
+    args = ["study", "run", spec, "--tracking-uri", uri, "--storage", storage]
+
+    first = cli(args, tmp_path)
+    assert first.returncode == 2, first.stderr[-2000:]
+    assert first.stderr.strip().splitlines()[-1].startswith("depmicro study run: error: ")
+    assert "non-numeric cell 'x'" in first.stderr and "Traceback" not in first.stderr
+    parents, trials = parent_run(uri, "early")
+    assert len(parents) == 1 and parents[0].info.status == "FAILED" and not trials
+    assert "non-numeric cell 'x'" in parents[0].data.tags["depmicro.error"]
+
+    status = cli(["study", "status", "early", "--storage", storage, "--json"], tmp_path)
+    assert status.returncode == 0, status.stderr
+    st = json.loads(status.stdout)
+    assert st["state"] == "FAILED" and "non-numeric" in st["error"] and st["trials"] == []
+    text = cli(["study", "status", "early", "--storage", storage], tmp_path).stdout
+    assert "FAILED" in text and "driver failed: " in text
+
+    resume = cli(["study", "resume", "early", "--storage", storage], tmp_path)
+    assert resume.returncode == 2 and "run the study file again" in resume.stderr
+
+    second = cli(args, tmp_path)
+    assert second.returncode == 2 and "non-numeric cell 'x'" in second.stderr  # started again, not "already exists"
+    parents, _ = parent_run(uri, "early")
+    assert len(parents) == 1 and parents[0].info.status == "FAILED"  # the same parent run, reused
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_second_driver_of_a_running_study_is_refused(tmp_path):
+    spec = small_study(tmp_path, "twice", epochs=6, num_samples=1, scheduler="none", baselines=[])
+    uri, storage = study_args(tmp_path)
+    first = Driver(["study", "run", spec, "--tracking-uri", uri, "--storage", storage], cwd=tmp_path, tag="first")
+    try:
+        first.wait_for("Ray:", timeout=120)
+        state_before = (storage / "twice" / "depmicro_study.json").read_text()
+        second = cli(["study", "run", spec, "--tracking-uri", uri, "--storage", storage], tmp_path, timeout=60)
+        assert second.returncode == 2, second.stderr[-2000:]
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and "is already being run by driver pid" in lines[0] and str(first.proc.pid) in lines[0]
+        resume = cli(["study", "resume", "twice", "--storage", storage], tmp_path, timeout=60)
+        assert resume.returncode == 2 and "already being run" in resume.stderr
+        assert (storage / "twice" / "depmicro_study.json").read_text() == state_before
+        assert first.proc.poll() is None  # the first driver is untouched
+    finally:
+        first.kill_group()
+    parents, _ = parent_run(uri, "twice")
+    assert len(parents) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_driver_is_killed_in_mlflow_with_a_resume_hint(tmp_path, sig):
+    name = f"stop{int(sig)}"
+    spec = small_study(tmp_path, name, epochs=8, num_samples=1, scheduler="none", baselines=[],
+                       synthetic={"n_samples": 600})
+    uri, storage = study_args(tmp_path)
+    drv = Driver(["study", "run", spec, "--tracking-uri", uri, "--storage", storage, "--json"], cwd=tmp_path)
+    try:
+        drv.wait_for(" epoch 2 ", timeout=180)
+        os.kill(drv.proc.pid, sig)  # the driver only, as a terminal's Ctrl-C or a scheduler's stop would
+        code = drv.wait(120)
+    finally:
+        drv.kill_group()
+    err = drv.stderr()
+    assert code == 130, err[-3000:]
+    assert drv.stdout() == ""
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("depmicro study run: interrupted") and f"depmicro study resume {name} --storage {storage}" in last
+    parents, trials = parent_run(uri, name)
+    assert parents[0].info.status == "KILLED" and "depmicro.error" not in parents[0].data.tags
+    assert len(trials) == 1 and trials[0].info.status == "KILLED"
+    assert trials[0].data.tags["depmicro.status"] == "RUNNING"  # not over: resume continues it
+    st = json.loads(cli(["study", "status", name, "--storage", storage, "--json"], tmp_path).stdout)
+    assert st["state"] == "KILLED" and st["resumable"] is True
+
+
+def _results(storage: Path, name: str) -> list[dict]:
+    (f,) = list((storage / name).glob("*/result.json")) or [None]
+    if f is None:
+        return []
+    return [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    """Freeze the worker after it reported epoch >= 2, corrupt its newest checkpoint, kill it: Tune
+    retries from that checkpoint, the trial notices, resumes from the one before and says so."""
+    name = "corrupt"
+    spec = small_study(tmp_path, name, epochs=5, num_samples=1, scheduler="none", baselines=[], max_failures=2,
+                       synthetic={"n_samples": 1000})
+    uri, storage = study_args(tmp_path)
+    drv = Driver(["study", "run", spec, "--tracking-uri", uri, "--storage", storage, "--json"], cwd=tmp_path)
+    try:
+        t0 = time.time()
+        killed = None
+        while time.time() - t0 < 240 and killed is None:
+            lines = _results(storage, name)
+            if lines and lines[-1].get("epoch", 0) >= 2 and "test_pcc" not in lines[-1]:
+                pid = lines[-1]["pid"]
+                os.kill(pid, signal.SIGSTOP)
+                time.sleep(1.0)  # the driver registers the checkpoint of the last report
+                ckpts = sorted((storage / name).glob("*/checkpoint_*"))
+                newest = ckpts[-1]
+                weights = newest / "state" / "model.safetensors"
+                raw = bytearray(weights.read_bytes())
+                raw[len(raw) // 2] ^= 0xFF
+                weights.write_bytes(bytes(raw))
+                os.kill(pid, signal.SIGKILL)
+                killed = (pid, newest.name, len(ckpts))
+            assert drv.proc.poll() is None, drv.stderr()[-3000:]
+            time.sleep(0.1)
+        assert killed is not None and killed[2] >= 2, "no two checkpoints to fall back between"
+        assert drv.wait(240) == 0, drv.stderr()[-3000:]
+    finally:
+        drv.kill_group()
+    _, trials = parent_run(uri, name)
+    (run,) = trials
+    note = run.data.tags.get("depmicro.checkpoint_fallback", "")
+    assert killed[1] in note and "does not match its SHA-256" in note and "resumed from checkpoint_" in note, note
+    assert run.data.tags["depmicro.status"] == "TERMINATED" and run.info.status == "FINISHED"
+    lines = _results(storage, name)
+    new = [ln["epoch"] for ln in lines if ln["pid"] != killed[0]]
+    old = [ln["epoch"] for ln in lines if ln["pid"] == killed[0]]
+    assert new[0] == max(old), (old, new)  # the corrupt newest epoch is trained again, from the one before
+    assert new[-1] == 5 and "test_pcc" in lines[-1]
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_analyze_while_a_study_writes_the_same_sqlite_store(tmp_path):
+    """A store holding the hand-logged study; a real study runs into the same SQLite file while
+    `analyze` reads the logged one and logs report.html to its parent run, three times over."""
+    from mlflow.tracking import MlflowClient
+
+    from tests.mlflow_study import log_study
+
+    root = tmp_path / "store"
+    uri = log_study(root)["tracking_uri"]
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(f"depmicro-{STUDY}")
+    spec = small_study(tmp_path, "busy", epochs=6, num_samples=2, scheduler="none", baselines=["mean"],
+                       max_concurrent_trials=2)
+    drv = Driver(["study", "run", spec, "--tracking-uri", uri, "--storage", tmp_path / "res"], cwd=tmp_path)
+    try:
+        drv.wait_for(" epoch 1 ", timeout=180)
+        overlapped = 0
+        for i in range(3):
+            running = drv.proc.poll() is None
+            a = cli(["analyze", STUDY, "--tracking-uri", uri, "--out", tmp_path / f"review{i}", "--json"], tmp_path)
+            assert a.returncode == 0, a.stderr[-3000:]
+            assert "database is locked" not in a.stderr
+            assert json.loads(a.stdout)["logged_to_parent"] is True
+            overlapped += running and drv.proc.poll() is None
+        assert overlapped >= 1, "the study ended before analyze ran next to it"
+        assert drv.wait(300) == 0, drv.stderr()[-3000:]
+    finally:
+        drv.kill_group()
+    assert "database is locked" not in drv.stderr()
+    import sqlite3
+
+    assert sqlite3.connect(root / "mlflow.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    parent = client.search_runs([exp.experiment_id], filter_string="tags.`depmicro.kind` = 'study'")[0]
+    logged = [f.path for f in client.list_artifacts(parent.info.run_id, "analysis")]
+    assert logged == ["analysis/report.html"]
+
+
+@pytest.fixture(scope="module")
+def trial_checkpoints(tmp_path_factory) -> Path:
+    """Two real epoch checkpoints of a tiny fit, laid out as Tune keeps them in a trial directory."""
+    import dataclasses
+
+    from depmicro.core.data import load_dataset
+    from depmicro.core.data.evaluation import make_split
+    from depmicro.core.train import fit
+    from tests.mlflow_study import counts_table, tiny_config
+
+    root = tmp_path_factory.mktemp("trial")
+    ds = load_dataset(counts_table(root / "counts.csv"))
+    cfg = dataclasses.replace(tiny_config(0, 0.9), vae_epochs=2, epochs=2, dep_mask_mode="off")
+    trial = root / "train_fn_00000"
+
+    def hook(rep):
+        d = trial / f"checkpoint_{rep.epoch - 1:06d}"
+        rep.save_checkpoint(d / "state")
+        (d / "trial.json").write_text(json.dumps({"elapsed": float(rep.epoch), "best": {}}))
+
+    fit(cfg, ds, make_split(ds.normalized, seed=0), on_epoch=hook)
+    return trial
+
+
+class _Ckpt:
+    """What tune.get_checkpoint() returns, for a local path."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def to_directory(self, d: str) -> None:
+        shutil.copytree(self.path, d, dirs_exist_ok=True)
+
+
+def _flip(p: Path) -> None:
+    raw = bytearray(p.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    p.write_bytes(bytes(raw))
+
+
+def test_restore_point_takes_the_newest_whole_checkpoint(trial_checkpoints, tmp_path):
+    from depmicro.studies.checkpoints import restore_point
+
+    trial = tmp_path / "t"
+    shutil.copytree(trial_checkpoints, trial)
+    latest = trial / "checkpoint_000001"
+    d, note = restore_point(_Ckpt(latest))
+    assert note is None and json.loads((Path(d) / "trial.json").read_text())["elapsed"] == 2.0
+    shutil.rmtree(d)
+
+    _flip(latest / "state" / "model.safetensors")
+    d, note = restore_point(_Ckpt(latest))
+    assert json.loads((Path(d) / "trial.json").read_text())["elapsed"] == 1.0  # the epoch-1 checkpoint
+    assert note.startswith("checkpoint_000001 corrupt (state: model.safetensors does not match its SHA-256")
+    assert note.endswith("resumed from checkpoint_000000")
+    shutil.rmtree(d)
+
+    (trial / "checkpoint_000000" / "trial.json").write_text("{trunc")
+    d, note = restore_point(_Ckpt(latest))
+    assert d is None and "checkpoint_000000 corrupt (unreadable" in note and note.endswith("restarted from epoch 1")
+
+
+def test_shorter_checkpoint_file_is_caught_too(trial_checkpoints, tmp_path):
+    from depmicro.studies.checkpoints import checkpoint_problem
+
+    trial = tmp_path / "t"
+    shutil.copytree(trial_checkpoints, trial)
+    ck = trial / "checkpoint_000001"
+    assert checkpoint_problem(ck) is None
+    pt = ck / "state" / "train_state.pt"
+    pt.write_bytes(pt.read_bytes()[:100])
+    assert "train_state.pt does not match its SHA-256" in checkpoint_problem(ck)
+    (ck / "state" / "manifest.json").unlink()
+    assert "no manifest.json" in checkpoint_problem(ck)
