@@ -138,7 +138,7 @@ def start_study(spec: StudySpec, tracking_uri: str, spec_text: str | None = None
 
 
 def end_study(tracking_uri: str, parent_run_id: str, status: str = "FINISHED", reason: str = "") -> None:
-    """Close the parent run; a failed driver leaves its reason in the `depmicro.error` tag."""
+    """Close the parent run; a failed driver leaves its reason in the TAG_ERROR tag."""
     client = client_for(tracking_uri)
     if reason:
         client.set_tag(parent_run_id, TAG_ERROR, reason[:500])
