@@ -247,8 +247,8 @@ class MlflowTracker(Callback):
                 TAG_DATASET: setup.dataset, TAG_SEED: str(setup.seed), TAG_VARIANT: setup.arm, TAG_STATUS: "RUNNING",
                 TAG_GIT_COMMIT: self.commit, TAG_REPLICATE: str(setup.replicate),
             }
-            if "confirm_rank" in trial.config:
-                tags[TAG_CONFIRM_RANK] = str(trial.config["confirm_rank"])
+            if isinstance(trial.config.get("point"), dict):  # a confirmation trial
+                tags[TAG_CONFIRM_RANK] = str(trial.config["point"]["rank"])
             rid = self.client.create_run(self.experiment_id, run_name=f"{setup.dataset}-s{setup.seed}-{tid}", tags=tags).info.run_id
             _log_params(self.client, rid, {k: str(v)[:MAX_PARAM_CHARS] for k, v in config_to_dict(setup.config).items()})
             self._max_step[rid] = 0

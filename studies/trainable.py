@@ -100,7 +100,7 @@ def _resolve(spec: StudySpec, config: dict) -> TrialSetup:
         overrides.update(spec.inference.default)
     overrides.update(spec.arms.get(arm, {}))
     overrides.update({k: v for k, v in config.items() if k in spec.search_space})
-    overrides.update(config.get("point") or {})  # a confirmation trial: one of the search's best configurations
+    overrides.update((config.get("point") or {}).get("config", {}))  # a confirmation trial: one of the search's best configurations
     cfg = config_from_dict(overrides)
     cfg = dataclasses.replace(cfg, seed=cfg.seed + replicate)
     dataset, seed = split_data_key(key)
