@@ -13,7 +13,7 @@ from pathlib import Path
 from ray import tune
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
-from depmicro.studies import tracking, tuner
+from depmicro.studies import schema, tracking, tuner
 from depmicro.studies.confirm import ARTIFACT, EXPERIMENT_SUFFIX, confirm_spec, confirm_table, rank_configs
 from depmicro.studies.prepare import prepare_data, warm_vae
 from depmicro.studies.spec import StudySpec
@@ -41,7 +41,7 @@ def run_confirmation(spec: StudySpec, storage: Path, tracking_uri: str, exp_id: 
         keys = cspec.data_keys
         space = {"point": tune.grid_search([{"rank": p["rank"], "config": p["config"]} for p in points]),
                  "data": tune.grid_search(keys) if len(keys) > 1 else keys[0]}
-        tracker = tracking.MlflowTracker(cspec, tracking_uri, exp_id, parent, kind="confirm")
+        tracker = tracking.MlflowTracker(cspec, tracking_uri, exp_id, parent, kind=schema.KIND_CONFIRM)
         rc = tuner.run_config(cspec, storage, [tracker, tuner.progress_callback(cspec, total)])
         rc.name = exp.name
         t = tune.Tuner(trainable, param_space=space, run_config=rc,
@@ -57,13 +57,13 @@ def run_confirmation(spec: StudySpec, storage: Path, tracking_uri: str, exp_id: 
 
 def score(spec: StudySpec, tracking_uri: str, exp_id: str, parent: str, points: list[dict]) -> dict:
     client = tracking.client_for(tracking_uri)
-    runs = [{"rank": int(r.data.tags.get("depmicro.confirm_rank", -1)), "status": r.data.tags.get("depmicro.status"),
-             "metrics": dict(r.data.metrics)} for r in tracking.find_runs(client, exp_id, spec.name, "confirm")]
+    runs = [{"rank": int(r.data.tags.get(schema.TAG_CONFIRM_RANK, -1)), "status": r.data.tags.get(schema.TAG_STATUS),
+             "metrics": dict(r.data.metrics)} for r in tracking.find_runs(client, exp_id, spec.name, schema.KIND_CONFIRM)]
     table = confirm_table(points, runs, spec.metric, spec.mode)
     table["expected_trials"] = len(points) * len(confirm_spec(spec).data_keys)
     table["finished_trials"] = sum(r["status"] == "TERMINATED" for r in runs)
     client.log_dict(parent, table, ARTIFACT)
     if table["winner"] is not None:
-        client.set_tag(parent, "depmicro.winner_rank", str(table["winner"]))
-        client.set_tag(parent, "depmicro.winner_config", json.dumps(table["winner_config"])[:5000])
+        client.set_tag(parent, schema.TAG_WINNER_RANK, str(table["winner"]))
+        client.set_tag(parent, schema.TAG_WINNER_CONFIG, json.dumps(table["winner_config"])[:5000])
     return table

@@ -116,7 +116,7 @@ def run_study(path: str | os.PathLike, address: str | None = None, tracking_uri:
     exp_id, parent = tracking.start_study(spec, tracking_uri, spec_text)
     if points:
         tracking.client_for(tracking_uri).log_dict(parent, {"study": spec.warm_start.study, "points": points},
-                                                   "warm_start.json")
+                                                   schema.ARTIFACT_WARM_START)
     prov = provenance.record(spec, tracking.git_commit())
     tracking.log_provenance(tracking_uri, parent, prov)
     _write_state(exp, {"spec": spec.to_dict(), "tracking_uri": tracking_uri, "experiment_id": exp_id,
