@@ -19,12 +19,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from depmicro.analysis.confirm import load_confirm, winner_trials
+from depmicro.analysis.inference import val_metric
 from depmicro.analysis.runs import StudyRuns, load_study
 from depmicro.core.data import load_dataset
 from depmicro.core.data.evaluation import COUNTS, METRICS, direction, evaluate, make_split, training_view
 from depmicro.core.errors import DepmicroError
 from depmicro.core.io.manifest import MANIFEST
 from depmicro.core.model.bundle import load_model, manifested_dir
+from depmicro.studies.inference import PREFIX, best_setting, trial_settings
 from depmicro.studies.schema import ARTIFACT_MODEL
 
 DEFAULT_METRIC = "best_val_pcc_per_microbe"
@@ -69,9 +72,6 @@ def _val_metrics_at_best(client, run_id: str, val_metric: str) -> dict:
 
 def _chosen_inference(study: StudyRuns, best: pd.Series) -> dict | None:
     """The trial's best inference setting by validation (None for a study without `inference:`)."""
-    from depmicro.analysis.inference import val_metric
-    from depmicro.studies.inference import PREFIX, best_setting, trial_settings
-
     metrics = {k: float(v) for k, v in best.items() if isinstance(k, str) and k.startswith(PREFIX) and pd.notna(v)}
     pick = best_setting(metrics, val_metric(study))
     if pick is None:
@@ -97,8 +97,6 @@ def export(study_name: str, out: str | Path, tracking_uri: str | None = None, me
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
         raise DepmicroError(f"{out}: exists and is not a depmicro bundle; refusing to replace it")
     study = load_study(study_name, tracking_uri)
-    from depmicro.analysis.confirm import load_confirm, winner_trials
-
     confirmed = load_confirm(study)
     among = winner_trials(study, confirmed)
     if among is not None and len(among):  # a confirmed study ships its winner (best lower bound), not its luckiest trial

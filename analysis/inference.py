@@ -6,8 +6,6 @@ ride along in the table so the choice can be checked, never made, on them.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 
 from depmicro.analysis.runs import StudyRuns
@@ -49,28 +47,3 @@ def table(study: StudyRuns) -> pd.DataFrame:
         flags = pareto_front(list(zip(g[q].astype(float), g["seconds"].astype(float))), higher_is_better=higher)
         df.loc[g.index, "pareto"] = flags
     return df.sort_values(["dataset", "seconds"]).reset_index(drop=True)
-
-
-def pareto_plot(df: pd.DataFrame, path: Path) -> Path | None:
-    from depmicro.analysis.figures import _plt, _save
-
-    if df.empty:
-        return None
-    q = next(c for c in df.columns if c.startswith("val_"))
-    plt = _plt()
-    sets = sorted(df["dataset"].unique())
-    fig, axes = plt.subplots(1, len(sets), figsize=(4.5 * len(sets), 3.6), squeeze=False)
-    for ax, ds in zip(axes[0], sets):
-        g = df[df["dataset"] == ds]
-        ax.scatter(g["seconds"], g[q], s=14, color="#999", label="trial x setting")
-        front = g[g["pareto"]].sort_values("seconds")
-        ax.step(front["seconds"], front[q], where="post", color="#c33", lw=1.5, label="Pareto front")
-        ax.scatter(front["seconds"], front[q], s=26, color="#c33")
-        for _, r in front.iterrows():
-            ax.annotate(r["setting"], (r["seconds"], r[q]), fontsize=6, xytext=(3, 3), textcoords="offset points")
-        ax.set_xscale("log")
-        ax.set_xlabel("imputation seconds (validation + test entries)")
-        ax.set_ylabel(q)
-        ax.set_title(ds)
-        ax.legend(fontsize=7)
-    return _save(fig, path)

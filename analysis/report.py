@@ -99,7 +99,7 @@ def analyze(study_name: str, out: str | Path, tracking_uri: str | None = None, l
     if len(inf):
         atomic_write_text(out / "inference.csv", inf.to_csv(index=False))
         paths["inference_csv"] = out / "inference.csv"
-        if (f := inference_tables.pareto_plot(inf, out / "fig_inference_pareto.png")):
+        if (f := figures.inference_pareto(inf, out / "fig_inference_pareto.png")):
             figs.insert(0, (f, "Validation quality against imputation seconds for every inference setting of every "
                                "finished trial (grey); red: the Pareto front per dataset."))
 
