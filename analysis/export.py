@@ -7,6 +7,7 @@ sibling directory and renamed into place, so a failed export never leaves half a
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from depmicro.analysis.confirm import load_confirm, winner_trials
+from depmicro.analysis.inference import val_metric
 from depmicro.analysis.runs import StudyRuns, load_study
 from depmicro.core.data import load_dataset
 from depmicro.core.data.evaluation import COUNTS, METRICS, direction, evaluate, make_split, training_view
@@ -25,6 +28,7 @@ from depmicro.core.errors import DepmicroError
 from depmicro.core.io.manifest import MANIFEST
 from depmicro.core.io.outputs import MODEL_KIND, check_output
 from depmicro.core.model.bundle import load_model, manifested_dir
+from depmicro.studies.inference import PREFIX, best_setting, trial_settings
 from depmicro.studies.schema import ARTIFACT_MODEL
 
 DEFAULT_METRIC = "best_val_pcc_per_microbe"
@@ -67,6 +71,18 @@ def _val_metrics_at_best(client, run_id: str, val_metric: str) -> dict:
     return {"epoch": int(step), **{m: hist[m].get(step) for m in METRICS}}
 
 
+def _chosen_inference(study: StudyRuns, best: pd.Series) -> dict | None:
+    """The trial's best inference setting by validation (None for a study without `inference:`)."""
+    metrics = {k: float(v) for k, v in best.items() if isinstance(k, str) and k.startswith(PREFIX) and pd.notna(v)}
+    pick = best_setting(metrics, val_metric(study))
+    if pick is None:
+        return None
+    scores = trial_settings(metrics)[pick["label"]]
+    return {"label": pick["label"], "setting": pick["setting"], "selected_by": pick["metric"],
+            "val": {k[4:]: v for k, v in scores.items() if k.startswith("val_")},
+            "test": {k[5:]: v for k, v in scores.items() if k.startswith("test_")}, "seconds": scores.get("seconds")}
+
+
 def _finite(v):
     return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
 
@@ -80,6 +96,10 @@ def export(study_name: str, out: str | Path, tracking_uri: str | None = None, me
     t0 = time.perf_counter()
     out = check_output(out, directory=MODEL_KIND)  # replaces only a model bundle, and can write there
     study = load_study(study_name, tracking_uri)
+    confirmed = load_confirm(study)
+    among = winner_trials(study, confirmed)
+    if among is not None and len(among):  # a confirmed study ships its winner (best lower bound), not its luckiest trial
+        study = dataclasses.replace(study, trials=among)
     best = pick_best(study, metric, mode, dataset)
     client = MlflowClient(study.tracking_uri)
     run_id = str(best["run_id"])
@@ -93,12 +113,18 @@ def export(study_name: str, out: str | Path, tracking_uri: str | None = None, me
     for k in ("n_microbes", "n_heldout"):
         if metrics["test"][k] is not None:
             metrics["test"][k] = int(metrics["test"][k])
+    chosen = _chosen_inference(study, best)
+    if chosen:  # the bundle imputes with the trial's best inference setting; its test scores are that setting's
+        metrics["inference"] = chosen
+        metrics["test"].update({m: _finite(chosen["test"].get(m)) for m in METRICS if m in chosen["test"]})
     provenance = {
         "study": study.name, "trial_id": best["trial_id"], "run_id": run_id, "parent_run_id": best.get("parent_run_id"),
         "experiment_id": study.experiment_id, "dataset": best["dataset"],
         "seed": None if pd.isna(best["seed"]) else int(best["seed"]), "variant": best.get("variant"),
         "label": best.get("label"), "git_commit": best.get("git_commit"), "tracking_uri": study.tracking_uri,
         "model_artifact": f"runs:/{run_id}/{ARTIFACT_MODEL}",
+        "confirmed_winner": ({"rank": confirmed["winner"], "config": confirmed["winner_config"]}
+                             if among is not None and len(among) else None),
         "n_candidates": int(len(study.finished) if dataset is None else (study.finished["dataset"] == dataset).sum()),
         "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -116,6 +142,10 @@ def export(study_name: str, out: str | Path, tracking_uri: str | None = None, me
                 if p.name == MANIFEST:
                     continue
                 (shutil.copytree if p.is_dir() else shutil.copy2)(p, d / p.name)
+            if chosen:
+                cfg = json.loads((d / "config.json").read_text())
+                cfg.update(chosen["setting"])
+                (d / "config.json").write_text(json.dumps(cfg, indent=2))
             (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
             (d / "provenance.json").write_text(json.dumps(provenance, indent=2, default=str))
 
@@ -123,7 +153,7 @@ def export(study_name: str, out: str | Path, tracking_uri: str | None = None, me
     load_model(out)  # what we ship verifies and loads
     result = {"study": study.name, "out": str(out.resolve()), "trial_id": best["trial_id"], "run_id": run_id,
               "dataset": best["dataset"], "seed": provenance["seed"], "metric": metric, "value": float(best[metric]),
-              "test": metrics["test"]}
+              "test": metrics["test"], "inference": chosen}
     if register:
         result["registered"] = register_bundle(out, register, study)
     result["seconds"] = round(time.perf_counter() - t0, 2)

@@ -121,3 +121,28 @@ def sweep_plot(sw: pd.DataFrame, param: str, metric: str, path: Path) -> Path | 
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def inference_pareto(df: pd.DataFrame, path: Path) -> Path | None:
+    """Validation quality against imputation seconds of every (trial, inference setting), the Pareto
+    front per dataset in red (analysis/inference.py builds `df`)."""
+    if df.empty:
+        return None
+    q = next(c for c in df.columns if c.startswith("val_"))
+    plt = _plt()
+    sets = sorted(df["dataset"].unique())
+    fig, axes = plt.subplots(1, len(sets), figsize=(4.5 * len(sets), 3.6), squeeze=False)
+    for ax, ds in zip(axes[0], sets):
+        g = df[df["dataset"] == ds]
+        ax.scatter(g["seconds"], g[q], s=14, color="#999", label="trial x setting")
+        front = g[g["pareto"]].sort_values("seconds")
+        ax.step(front["seconds"], front[q], where="post", color="#c33", lw=1.5, label="Pareto front")
+        ax.scatter(front["seconds"], front[q], s=26, color="#c33")
+        for _, r in front.iterrows():
+            ax.annotate(r["setting"], (r["seconds"], r[q]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("imputation seconds (validation + test entries)")
+        ax.set_ylabel(q)
+        ax.set_title(ds)
+        ax.legend(fontsize=7)
+    return _save(fig, path)

@@ -13,6 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from depmicro.analysis import figures, importance, stats, tables
+from depmicro.analysis import confirm
+from depmicro.analysis import inference as inference_tables
 from depmicro.analysis.runs import StudyRuns, base_arms, configs, load_study, per_microbe, results
 from depmicro.core.errors import DepmicroError
 from depmicro.core.io.atomic import atomic_dir, atomic_write_text
@@ -56,10 +58,10 @@ def analyze(study_name: str, out: str | Path, tracking_uri: str | None = None, l
     reference = reference or next((a for a in base_arms(study) if a in labels), None) or stats.reference_label(res)
     fin = study.finished
     best = stats.reference_label(res)
-    n_figs: list[int] = []
+    written: list[dict] = []
 
     def fill(d: Path) -> None:
-        n_figs.append(_write_report(study, res, d, reference, best))
+        written.append(_write_report(study, res, d, reference, best))
         write_manifest(d, kind=REPORT_KIND)
 
     # built in a sibling folder and renamed into place: an error leaves the old report or none, never half
@@ -75,12 +77,12 @@ def analyze(study_name: str, out: str | Path, tracking_uri: str | None = None, l
         "study": study_name, "out": str(out), "n_trials": int(len(study.trials)), "n_finished": int(len(fin)),
         "n_baseline_runs": int(len(study.baselines)), "reference": reference, "best": best,
         "files": sorted(p.name for p in target.iterdir() if not p.name.startswith(".") and p.name != MANIFEST),
-        "n_figures": n_figs[0], "logged_to_parent": logged, "seconds": round(time.perf_counter() - t0, 2),
+        **written[0], "logged_to_parent": logged, "seconds": round(time.perf_counter() - t0, 2),
     }
 
 
-def _write_report(study: StudyRuns, res: pd.DataFrame, out: Path, reference: str, best: str) -> int:
-    """Every table, figure and report.html into `out`; returns the number of figures."""
+def _write_report(study: StudyRuns, res: pd.DataFrame, out: Path, reference: str, best: str) -> dict:
+    """Every table, figure and report.html into `out`; returns the figure count and the inference/confirm headlines."""
     fin = study.finished
     # params of finished trials for sweeps; baselines have none
     res_params = res.merge(fin[["run_id"] + [c for c in fin.columns if c.startswith("param.")]], on="run_id", how="left")
@@ -116,12 +118,32 @@ def _write_report(study: StudyRuns, res: pd.DataFrame, out: Path, reference: str
         if (f := figures.sweep_plot(s, p, metric, out / f"fig_sweep_{p}.png")):
             cap = f"{metric} against {p} (mean ± std over trials sharing the value)" + (" — cf. paper Fig. 10." if p == "ar_decay" else ".")
             figs.append((f, cap))
-    atomic_write_text(out / "report.html", _html(study, res, summ, comp, imp, figs, target, cfgs))
-    return len(figs)
+
+    inf = inference_tables.table(study)
+    if len(inf):
+        atomic_write_text(out / "inference.csv", inf.to_csv(index=False))
+        if (f := figures.inference_pareto(inf, out / "fig_inference_pareto.png")):
+            figs.insert(0, (f, "Validation quality against imputation seconds for every inference setting of every "
+                               "finished trial (grey); red: the Pareto front per dataset."))
+
+    confirm_table = confirm.load_confirm(study)
+    conf = confirm.frame(confirm_table) if confirm_table else pd.DataFrame()
+    if len(conf):
+        atomic_write_text(out / "confirm.csv", conf.to_csv(index=False))
+    atomic_write_text(out / "report.html", _html(study, res, summ, comp, imp, figs, target, cfgs, inf, conf))
+    return {
+        "n_figures": len(figs),
+        "inference": ({"settings": int(inf["setting"].nunique()), "rows": int(len(inf)),
+                       "pareto": inf[inf["pareto"]][["dataset", "setting", "trial_id"]].to_dict("records")}
+                      if len(inf) else None),
+        "confirm": ({"winner": confirm_table["winner"], "winner_config": confirm_table["winner_config"]}
+                    if confirm_table else None),
+    }
 
 
 def _html(study: StudyRuns, res: pd.DataFrame, summ: pd.DataFrame, comp: pd.DataFrame, imp: pd.DataFrame,
-          figs: list[tuple[Path, str]], target: str, cfgs: pd.DataFrame) -> str:
+          figs: list[tuple[Path, str]], target: str, cfgs: pd.DataFrame, inf: pd.DataFrame | None = None,
+          conf: pd.DataFrame | None = None) -> str:
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     status = study.trials["status"].value_counts().to_dict() if len(study.trials) else {}
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>depmicro study {h.escape(study.name)}</title>",
@@ -144,8 +166,19 @@ def _html(study: StudyRuns, res: pd.DataFrame, summ: pd.DataFrame, comp: pd.Data
              "<h2>Hyperparameter importance</h2>",
              f"<p class='muted'>Optuna fANOVA (normalized to sum 1) over trials that finished or were stopped early by ASHA, "
              f"target {h.escape(target)}; needs at least {importance.MIN_TRIALS} such trials per dataset.</p>",
-             _frame_html(imp),
-             "<h2>Figures</h2>"]
+             _frame_html(imp)]
+    if inf is not None and len(inf):
+        parts += ["<h2>Inference settings: Pareto front</h2>",
+                  "<p class='muted'>each finished trial scored every inference setting on its best-validation model; "
+                  "rows on the quality-vs-seconds Pareto front (per dataset, on validation) below, all rows in "
+                  "inference.csv.</p>", _frame_html(inf[inf["pareto"]].drop(columns=["pareto"]))]
+    if conf is not None and len(conf):
+        parts += ["<h2>Confirmation: search-phase against confirmed scores</h2>",
+                  "<p class='muted'>the best configurations of the search, trained again on held-out seeds the search "
+                  "never saw; the winner has the best one-sided 95 % t bound over those seeds. The search score of a "
+                  "configuration picked for being high is biased upward (winner's curse); the gap is that bias, measured.</p>",
+                  _frame_html(conf)]
+    parts += ["<h2>Figures</h2>"]
     parts += [_img(p, c) for p, c in figs] or ["<p class='muted'>no figures (no per-microbe artifacts)</p>"]
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -34,10 +34,11 @@ from depmicro.core.data.baselines import impute_with_baseline
 from depmicro.core.data.evaluation import evaluate, per_microbe_pcc
 from depmicro.core.errors import DepmicroError
 from depmicro.core.io.atomic import atomic_write_text
-from depmicro.studies import schema, tracking, tuner
+from depmicro.studies import confirm_phase, provenance, schema, tracking, tuner
 from depmicro.studies.spec import StudySpec, check_name, load_spec, spec_from_state, split_data_key
 from depmicro.studies.prepare import prepare_data, warm_vae
 from depmicro.studies.trainable import SharedData
+from depmicro.studies.warm_start import warm_points
 
 STATE_FILE = "depmicro_study.json"
 DEFAULT_STORAGE = "depmicro_results"
@@ -96,6 +97,7 @@ def study_lock(storage: Path, name: str):
 
 def _write_state(exp: Path, state: dict) -> None:
     exp.mkdir(parents=True, exist_ok=True)
+    state = {k: v for k, v in state.items() if k != "spec_obj"}  # _read_state's parsed spec is not stored
     atomic_write_text(exp / STATE_FILE, json.dumps(state, indent=2))
 
 
@@ -163,16 +165,26 @@ def run_study(path: str | os.PathLike, address: str | None = None, tracking_uri:
         if exp_obj is not None and tracking.find_runs(client, exp_obj.experiment_id, spec.name, schema.KIND_TRIAL):
             raise DepmicroError(f"MLflow at {tracking_uri} already holds trials of study {spec.name!r}; "
                                 "resume it or give the study another name")
+        points = warm_points(spec, tracking_uri) if spec.warm_start else None  # refuse before anything is created
         spec_text = Path(path).read_text()
         exp_id, parent = tracking.start_study(spec, tracking_uri, spec_text)
+        if points:
+            tracking.client_for(tracking_uri).log_dict(parent, {"study": spec.warm_start.study, "points": points},
+                                                       schema.ARTIFACT_WARM_START)
+        prov = provenance.record(spec, tracking.git_commit())
+        tracking.log_provenance(tracking_uri, parent, prov)
         _write_state(exp, {"spec": spec.to_dict(), "tracking_uri": tracking_uri, "experiment_id": exp_id,
-                           "parent_run_id": parent, "created": time.time()})
-        return _execute(spec, exp, tracking_uri, exp_id, parent, address, log, restore=False)
+                           "parent_run_id": parent, "created": time.time(), "provenance": prov,
+                           "warm_start_points": points})
+        return _execute(spec, exp, tracking_uri, exp_id, parent, address, log, restore=False, warm=points)
 
 
 def resume_study(name: str, address: str | None = None, tracking_uri: str | None = None,
-                 storage: str | os.PathLike | None = None, log=None) -> dict:
-    """Continue a study whose driver stopped: finished trials stay, the rest continue from checkpoints."""
+                 storage: str | os.PathLike | None = None, log=None, allow_changed_data: bool = False,
+                 time_budget: float | None = None) -> dict:
+    """Continue a study whose driver stopped: finished trials stay, the rest continue from checkpoints.
+    Refuses a study whose data files changed since it started unless `allow_changed_data`;
+    `time_budget` (seconds, 0 for none) replaces the study's per-session budget for this session."""
     log = log or tracking.print_line
     exp = experiment_dir(name, storage)
     _read_state(exp)  # a damaged state is refused before the lock file is made
@@ -185,13 +197,30 @@ def resume_study(name: str, address: str | None = None, tracking_uri: str | None
         if not tune.Tuner.can_restore(str(exp)):
             raise DepmicroError(f"study {name!r} at {exp} has no Tune state to resume (its driver stopped before the "
                                 "first trial started); run the study file again")
+        changed = provenance.check_resume(name, state, spec, allow_changed_data)
         exp_id, parent = tracking.start_study(spec, uri)
-        return _execute(spec, exp, uri, exp_id, parent, address, log, restore=True)
+        resumed = {"at": time.time(), "git_commit": tracking.git_commit(), "versions": provenance.versions(),
+                   "data_changed": {p: {"before": a, "now": b} for p, (a, b) in changed.items()},
+                   "after_stop_on": state.get("stopped_on")}
+        state.setdefault("resumes", []).append(resumed)
+        state["stopped_on"] = None
+        if changed and state.get("provenance"):  # the allowed data is the reference from now on (resumes.json keeps the old)
+            state["provenance"]["data"] = provenance.data_hashes(spec)
+        _write_state(exp, state)
+        tracking.log_resume(uri, parent, state["resumes"])
+        budget = spec.time_budget_s
+        if time_budget is not None:
+            os.environ[tuner.RESUME_BUDGET_ENV] = str(float(time_budget))
+            budget = time_budget or None
+        if changed:
+            log(f"[{name}] resuming with changed data ({len(changed)} file(s)); recorded as depmicro.data_changed")
+        return _execute(spec, exp, uri, exp_id, parent, address, log, restore=True, budget=budget)
 
 
 def _execute(spec: StudySpec, exp: Path, tracking_uri: str, exp_id: str, parent: str, address: str | None,
-             log, restore: bool) -> dict:
+             log, restore: bool, warm: list[dict] | None = None, budget: float | None = None) -> dict:
     t0 = time.time()
+    stopped_on = confirmed = None
     # checkpoints every epoch force experiment snapshots (what makes resume exact); do not warn about it
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     total = spec.n_trials()
@@ -215,21 +244,40 @@ def _execute(spec: StudySpec, exp: Path, tracking_uri: str, exp_id: str, parent:
             tracker = tracking.MlflowTracker(spec, tracking_uri, exp_id, parent)
             study_tuner = tune.Tuner(
                 trainable, param_space=tuner.param_space(spec),
-                tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=tuner.search_alg(spec),
+                tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=tuner.search_alg(spec, warm),
                                             scheduler=tuner.scheduler(spec), num_samples=tuner.num_samples(spec),
                                             max_concurrent_trials=spec.max_concurrent_trials),
-                run_config=tuner.run_config(spec, exp.parent, [tracker, tuner.progress_callback(spec, total)]),
+                run_config=tuner.run_config(spec, exp.parent, [tracker, tuner.progress_callback(spec, total),
+                                                                *tuner.budget_callbacks(spec)]),
             )
         log(f"[{spec.name}] {'resuming' if restore else 'running'} {total} trial(s), "
-            f"{spec.max_concurrent_trials} at a time, {spec.resources.cpu:g} CPU / {spec.resources.gpu:g} GPU each")
+            f"{spec.max_concurrent_trials} at a time, {spec.resources.cpu:g} CPU / {spec.resources.gpu:g} GPU each"
+            + (f", time budget {b:g}s this session" if (b := budget if restore else spec.time_budget_s) else ""))
+        t_fit = time.time()
         with contextlib.redirect_stdout(sys.stderr):  # Tune prints tables; stdout carries only the result (--json)
             study_tuner.fit()
+        fit_seconds = time.time() - t_fit
         # MLflow's status tags are the record (Tune counts a trial interrupted by Ctrl-C as ended, too)
         final_status = tracking.study_status(spec.name, tracking_uri)
         counts = final_status["counts"]
         done = sum(v for k, v in counts.items() if k in schema.TERMINAL)
         # Tune returns early only when stopped (SIGINT/SIGTERM): every other end runs all trials
         status = "FINISHED" if done >= total else "KILLED"
+        confirmed = None
+        if status == "FINISHED" and spec.confirm:
+            state = _read_state(exp)
+            points = state.get("confirm_points") or confirm_phase.choose_points(spec, tracking_uri)
+            state["confirm_points"] = points
+            _write_state(exp, state)
+            confirmed = confirm_phase.run_confirmation(spec, exp.parent, tracking_uri, exp_id, parent, points, log)
+            state = _read_state(exp)
+            state["confirm"] = confirmed
+            _write_state(exp, state)
+            if confirmed["finished_trials"] < confirmed["expected_trials"]:
+                status = "KILLED"
+        budget = budget if restore else spec.time_budget_s
+        if status != "FINISHED" and budget and fit_seconds >= budget:
+            stopped_on = "time_budget"
     except KeyboardInterrupt:
         status = "KILLED"
         raise KeyboardInterrupt(f"resume with: {hint}") from None
@@ -241,10 +289,21 @@ def _execute(spec: StudySpec, exp: Path, tracking_uri: str, exp_id: str, parent:
         tracking.end_study(tracking_uri, parent, status, reason=reason)
         if status != "FINISHED":
             tracking.mark_interrupted(spec.name, tracking_uri, exp_id)
-    if status == "KILLED":
-        raise KeyboardInterrupt(f"{done} of {total} trial(s) done; resume with: {hint}")
+        tracking.set_stopped_on(tracking_uri, parent, stopped_on)
+        if stopped_on:
+            state = _read_state(exp)
+            state["stopped_on"] = stopped_on
+            _write_state(exp, state)
     summary = {"name": spec.name, "state": status, "storage": str(exp), "tracking_uri": tracking_uri,
                "trials": sum(counts.values()), "counts": counts, "seconds": round(time.time() - t0, 1)}
+    if stopped_on:
+        summary["stopped_on"] = stopped_on
+    if spec.confirm and confirmed is not None:
+        summary["confirm"] = {k: confirmed[k] for k in ("winner", "winner_config", "finished_trials", "expected_trials")}
+    if status == "KILLED" and not stopped_on:  # interrupted; a budget stop is an ordinary end
+        raise KeyboardInterrupt(f"{done} of {total} trial(s) done; resume with: {hint}")
+    if status != "FINISHED":
+        summary["next"] = hint
     best = _best_finished(spec, final_status["trials"])
     if best:
         summary["best"] = best
@@ -283,4 +342,9 @@ def study_status(name: str, tracking_uri: str | None = None, storage: str | os.P
     out["resumable"] = state is not None and out["state"] != "FINISHED"
     if state is not None:
         out["expected_trials"] = state["spec_obj"].n_trials()
+        out["stopped_on"] = out.get("stopped_on") or state.get("stopped_on")
+        out["provenance"] = state.get("provenance")
+        if state.get("confirm"):
+            out["confirm"] = state["confirm"]
+        out["data_changed_on_resume"] = sum(bool(r.get("data_changed")) for r in state.get("resumes", []))
     return out

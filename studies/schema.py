@@ -109,8 +109,17 @@ TAG_NODE_ID = "depmicro.node_id"
 TAG_NODE_IP = "depmicro.node_ip"
 TAG_RETRIES = "depmicro.retries"
 TAG_CHECKPOINT_FALLBACK = "depmicro.checkpoint_fallback"  # a corrupt checkpoint was skipped on restore
+TAG_STOPPED_ON = "depmicro.stopped_on"        # parent: "time_budget" (empty once resumed); trial: "max_trial_seconds"
+TAG_DATA_SHA256 = "depmicro.data_sha256"      # parent: {data file name: sha256} at `study run`
+TAG_VERSION_PREFIX = "depmicro.version."      # parent: + torch | ray | optuna | mlflow
+TAG_RESUMES = "depmicro.resumes"              # parent: how many `study resume` sessions
+TAG_DATA_CHANGED = "depmicro.data_changed"    # parent: "true" once resumed with --allow-changed-data
+TAG_CONFIRM_RANK = "depmicro.confirm_rank"    # confirm run: rank of its configuration in the search
+TAG_WINNER_RANK = "depmicro.winner_rank"      # parent: the confirmed winner's rank
+TAG_WINNER_CONFIG = "depmicro.winner_config"  # parent: the confirmed winner's searched settings (JSON)
 
 KIND_STUDY, KIND_TRIAL, KIND_BASELINE = "study", "trial", "baseline"
+KIND_CONFIRM = "confirm"  # a confirmation trial (a search configuration re-run on an extra held-out seed)
 TERMINAL = ("TERMINATED", "ERROR", "STOPPED")  # TAG_STATUS values of a trial that is over
 FINISHED = "TERMINATED"  # ran to the end: it has test metrics
 
@@ -145,3 +154,7 @@ ARTIFACT_SPEC = "study.yaml"                 # parent run: the study file as giv
 ARTIFACT_CONFIG = "config.json"              # trial: its full ModelConfig
 ARTIFACT_PER_MICROBE = "per_microbe_pcc.json"  # trial and baseline: {"var_names", "test", "val"}
 ARTIFACT_MODEL = "model"                     # finished trial: the best-validation model bundle
+ARTIFACT_PROVENANCE = "provenance.json"      # parent: data hashes, commit, library versions at `study run`
+ARTIFACT_RESUMES = "resumes.json"            # parent: every resume (commit, versions, changed data)
+ARTIFACT_WARM_START = "warm_start.json"      # parent: the configurations a warm start enqueued
+# also: inference.json (trial; studies/inference.py), confirm.json (parent; studies/confirm.py)

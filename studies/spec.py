@@ -21,6 +21,8 @@ from depmicro.core.data.evaluation import METRICS, direction
 from depmicro.core.errors import DepmicroError
 from depmicro.core.io.safe_yaml import load_yaml
 from depmicro.core.model.config import ModelConfig, config_from_dict, config_to_dict
+from depmicro.studies.confirm import ConfirmSpec, parse_confirm
+from depmicro.studies.inference import InferenceSpec, inference_from_json, parse_inference
 
 SYNTHETIC = "synthetic"
 PARAM_TYPES = ("uniform", "loguniform", "int", "choice", "grid")
@@ -29,7 +31,8 @@ SCHEDULERS = ("asha", "none")
 TOP_KEYS = (
     "name", "description", "datasets", "seeds", "test_ratio", "val_ratio", "base_config", "search_space", "ablate",
     "search", "scheduler", "num_samples", "max_concurrent_trials", "resources_per_trial", "replicates", "metric",
-    "mode", "baselines", "max_failures",
+    "mode", "baselines", "max_failures", "inference", "time_budget", "max_trial_seconds",
+    "warm_start", "confirm",
 )
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _MAX_VALIDATED_COMBOS = 4096
@@ -70,6 +73,14 @@ class Resources:
     gpu: float = 0.0
 
 
+@dataclass(frozen=True)
+class WarmStart:
+    """Seed the Optuna search with the `top_k` best configurations of `study` (studies/warm_start.py)."""
+
+    study: str
+    top_k: int
+
+
 @dataclass
 class StudySpec:
     name: str
@@ -92,6 +103,11 @@ class StudySpec:
     baselines: list[str] = field(default_factory=list)
     max_failures: int = 2
     description: str = ""
+    inference: InferenceSpec | None = None  # sampling knobs scored per checkpoint (studies/inference.py)
+    time_budget_s: float | None = None      # the whole study (Tune's time_budget_s); resume continues it
+    max_trial_seconds: float | None = None  # one trial's wall time before it is stopped
+    warm_start: WarmStart | None = None
+    confirm: ConfirmSpec | None = None       # re-run the best configurations on extra seeds (studies/confirm.py)
     source: str | None = None  # the study file, for messages and the MLflow artifact
 
     # --- derived views the runner and the trainable share ---------------------------------------
@@ -136,6 +152,7 @@ class StudySpec:
                                  if kk != "name" and vv not in (None, ())}
                              for k, p in self.search_space.items()}
         d["datasets"] = [{**dataclasses.asdict(x), "pretrain": list(x.pretrain)} for x in self.datasets]
+        d["inference"] = self.inference.to_dict() if self.inference else None
         return d
 
 
@@ -224,11 +241,21 @@ def spec_from_dict(raw: Any, base_dir: str | os.PathLike = ".", source: str | No
     if not isinstance(description, str):
         raise DepmicroError(f"description must be text, not {description!r}")
 
+    inference = parse_inference(raw.get("inference"), base, set(search_space) | set(ablate))
+    time_budget = _duration(raw["time_budget"], "time_budget") if raw.get("time_budget") is not None else None
+    max_trial = (_duration(raw["max_trial_seconds"], "max_trial_seconds")
+                 if raw.get("max_trial_seconds") is not None else None)
+
+    warm_start = _warm_start(raw.get("warm_start"), name, algorithm)
+    confirm = parse_confirm(raw.get("confirm"), seeds)
+
     spec = StudySpec(
         name=name, datasets=datasets, seeds=seeds, test_ratio=test_ratio, val_ratio=val_ratio, base_config=base,
         search_space=search_space, ablate=ablate, search=algorithm, search_seed=search_seed, scheduler=scheduler,
         num_samples=num_samples, max_concurrent_trials=max_conc, resources=resources, replicates=replicates,
         metric=metric, mode=mode, baselines=baselines, max_failures=max_failures, description=description, source=source,
+        inference=inference, time_budget_s=time_budget, max_trial_seconds=max_trial, warm_start=warm_start,
+        confirm=confirm,
     )
     _check_configs(spec)
     if scheduler.type == "asha" and scheduler.grace_period > spec.max_epochs():
@@ -258,7 +285,14 @@ def spec_from_state(d: Any) -> StudySpec:
             "max_concurrent_trials": d["max_concurrent_trials"], "resources_per_trial": d["resources"],
             "replicates": d["replicates"], "metric": d["metric"], "mode": d["mode"], "baselines": d["baselines"],
             "max_failures": d["max_failures"], "description": d.get("description", ""),
+            "time_budget": d.get("time_budget_s"), "max_trial_seconds": d.get("max_trial_seconds"),
+            "warm_start": d.get("warm_start"), "confirm": d.get("confirm"),
         }
+        inference = d.get("inference")
+        if isinstance(inference, dict) and isinstance(inference.get("grid"), dict):  # to_dict's form -> the file's
+            raw["inference"] = {**inference["grid"], "default": inference.get("default")}
+        elif inference is not None:
+            raw["inference"] = inference
     except KeyError as exc:
         raise DepmicroError(f"spec has no {exc.args[0]!r}") from None
     if isinstance(raw["base_config"], dict):
@@ -280,6 +314,9 @@ def spec_from_json(d: dict) -> StudySpec:
     d["search_space"] = {k: Param(name=k, **{**v, "values": tuple(v.get("values", ()))}) for k, v in d["search_space"].items()}
     d["scheduler"] = SchedulerSpec(**d["scheduler"])
     d["resources"] = Resources(**d["resources"])
+    d["inference"] = inference_from_json(d.get("inference"))
+    d["warm_start"] = WarmStart(**d["warm_start"]) if d.get("warm_start") else None
+    d["confirm"] = ConfirmSpec(d["confirm"]["top_k"], tuple(d["confirm"]["seeds"])) if d.get("confirm") else None
     return StudySpec(**d)
 
 
@@ -297,6 +334,23 @@ def _int(v: Any, what: str, minimum: int | None = None) -> int:
     if minimum is not None and v < minimum:
         raise DepmicroError(f"{what} must be >= {minimum}, not {v}")
     return v
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(v: Any, what: str) -> float:
+    """Seconds, from a number (seconds) or text like `90s`, `30m`, `2h`, `1.5h`."""
+    if isinstance(v, str):
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd])\s*", v)
+        if not m:
+            raise DepmicroError(f"{what} must be seconds or a duration like 90s, 30m, 2h, not {v!r}")
+        secs = float(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        secs = _number(v, what)
+    if secs <= 0:
+        raise DepmicroError(f"{what} must be positive, not {v!r}")
+    return secs
 
 
 def _int_list(v: Any, what: str, minimum: int | None = None) -> list[int]:
@@ -592,6 +646,21 @@ def _candidates(p: Param) -> list:
     return [p.low, p.high]
 
 
+def _warm_start(v: Any, name: str, algorithm: str) -> WarmStart | None:
+    if v is None:
+        return None
+    if not isinstance(v, dict) or set(v) - {"study", "top_k"} or "study" not in v:
+        raise DepmicroError(f"warm_start must be a mapping with 'study' (an earlier study's name) and 'top_k', not {v!r}")
+    study = v["study"]
+    if not isinstance(study, str) or not _NAME.match(study):
+        raise DepmicroError(f"warm_start.study must be a study name, not {study!r}")
+    if study == name:
+        raise DepmicroError("warm_start.study names this study itself; use `study resume` to continue a study")
+    if algorithm != "optuna":
+        raise DepmicroError("warm_start needs search: optuna (it seeds the Optuna search)")
+    return WarmStart(study, _int(v.get("top_k", 1), "warm_start.top_k", minimum=1))
+
+
 def _check_configs(spec: StudySpec) -> None:
     """Every value a trial can get must make a valid ModelConfig: fail now, not in trial 37 at 3 a.m.
     Each drawable value alone, every pair of searched fields (the rules that tie two fields, such
@@ -606,10 +675,13 @@ def _check_configs(spec: StudySpec) -> None:
                 hint = " (YAML reads off/on/yes/no as booleans: quote it, e.g. \"off\")"
             raise DepmicroError(f"{where}: {exc}{hint}") from None
 
+    settings = spec.inference.settings() if spec.inference else [{}]
     cands = {k: _candidates(p) for k, p in spec.search_space.items()}
     for k, vals in cands.items():
         for c in vals:
-            check({k: c}, f"search_space.{k} value {c!r}")
+            for s in settings:  # e.g. a searched timesteps below an inference sampling_fraction
+                where = f"search_space.{k} value {c!r}" + (f" with inference {s}" if s else "")
+                check({k: c, **s}, where)
     for k, vals in spec.ablate.items():
         for c in vals:
             check({k: c}, f"ablate.{k} value {c!r}")

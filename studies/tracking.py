@@ -26,11 +26,15 @@ from ray.tune import Callback
 
 from depmicro.core.errors import DepmicroError
 from depmicro.core.model.config import config_from_dict, config_to_dict
+from depmicro.studies.inference import ARTIFACT as INFERENCE_ARTIFACT
+from depmicro.studies.inference import PREFIX as INFERENCE_PREFIX
+from depmicro.studies.inference import best_setting
 from depmicro.studies.spec import StudySpec
-from depmicro.studies.schema import (ARTIFACT_CONFIG, ARTIFACT_MODEL, ARTIFACT_PER_MICROBE, ARTIFACT_SPEC,
-                                     EPOCH_KEYS, FINAL_KEYS, KIND_BASELINE, KIND_STUDY, KIND_TRIAL,
-                                     TAG_CHECKPOINT_FALLBACK, TAG_DATASET, TAG_EPOCHS_DONE, TAG_ERROR,
-                                     TAG_GIT_COMMIT, TAG_KIND, TAG_METHOD, TAG_NODE_ID, TAG_NODE_IP, TAG_PARENT,
+from depmicro.studies.schema import (ARTIFACT_CONFIG, ARTIFACT_MODEL, ARTIFACT_PER_MICROBE, ARTIFACT_PROVENANCE,
+                                     ARTIFACT_RESUMES, ARTIFACT_SPEC, EPOCH_KEYS, FINAL_KEYS, KIND_BASELINE, KIND_CONFIRM,
+                                     KIND_STUDY, KIND_TRIAL, TAG_CHECKPOINT_FALLBACK, TAG_CONFIRM_RANK, TAG_DATA_CHANGED, TAG_DATA_SHA256,
+                                     TAG_RESUMES, TAG_STOPPED_ON, TAG_VERSION_PREFIX, TAG_DATASET, TAG_EPOCHS_DONE,
+                                     TAG_ERROR, TAG_GIT_COMMIT, TAG_KIND, TAG_METHOD, TAG_NODE_ID, TAG_NODE_IP, TAG_PARENT,
                                      TAG_REPLICATE, TAG_RETRIES, TAG_SEED, TAG_STATUS, TAG_STUDY, TAG_TRIAL_ID,
                                      TAG_VARIANT, TERMINAL, enable_wal, experiment_name, run_filter, sqlite_path)
 from depmicro.studies.trainable import FINAL_FILE, resolve_trial
@@ -137,6 +141,29 @@ def start_study(spec: StudySpec, tracking_uri: str, spec_text: str | None = None
     return exp_id, run.info.run_id
 
 
+def log_provenance(tracking_uri: str, parent_run_id: str, prov: dict) -> None:
+    """Data hashes, code commit and library versions on the parent run (tags to filter by, a JSON to read)."""
+    client = client_for(tracking_uri)
+    client.set_tag(parent_run_id, TAG_DATA_SHA256, json.dumps({Path(p).name: h for p, h in prov["data"].items()})[:5000])
+    for lib, v in prov["versions"].items():
+        client.set_tag(parent_run_id, f"{TAG_VERSION_PREFIX}{lib}", v)
+    client.log_dict(parent_run_id, prov, ARTIFACT_PROVENANCE)
+
+
+def log_resume(tracking_uri: str, parent_run_id: str, resumes: list[dict]) -> None:
+    """Every `study resume` so far, with what differed; `depmicro.data_changed` once data changed."""
+    client = client_for(tracking_uri)
+    client.log_dict(parent_run_id, resumes, ARTIFACT_RESUMES)
+    client.set_tag(parent_run_id, TAG_RESUMES, str(len(resumes)))
+    if any(r.get("data_changed") for r in resumes):
+        client.set_tag(parent_run_id, TAG_DATA_CHANGED, "true")
+
+
+def set_stopped_on(tracking_uri: str, parent_run_id: str, reason: str | None) -> None:
+    """`depmicro.stopped_on` names what ended the last session early (time_budget), or is empty."""
+    client_for(tracking_uri).set_tag(parent_run_id, TAG_STOPPED_ON, reason or "")
+
+
 def end_study(tracking_uri: str, parent_run_id: str, status: str = "FINISHED", reason: str = "") -> None:
     """Close the parent run; a failed driver leaves its reason in the TAG_ERROR tag."""
     client = client_for(tracking_uri)
@@ -149,7 +176,7 @@ def mark_interrupted(study: str, tracking_uri: str, experiment_id: str) -> None:
     """Runs of trials the driver stopped (Ctrl-C, an error) show as KILLED in MLflow until resumed;
     their status tag (TAG_STATUS) stays RUNNING: the trial is not over, `study resume` continues it."""
     client = client_for(tracking_uri)
-    for run in find_runs(client, experiment_id, study, KIND_TRIAL):
+    for run in find_runs(client, experiment_id, study, KIND_TRIAL) + find_runs(client, experiment_id, study, KIND_CONFIRM):
         if run.info.status == "RUNNING":
             client.set_terminated(run.info.run_id, "KILLED")
 
@@ -176,8 +203,10 @@ def log_baseline(spec: StudySpec, tracking_uri: str, experiment_id: str, parent_
 class MlflowTracker(Callback):
     """Driver-side Tune callback writing one MLflow child run per trial (see the module docstring)."""
 
-    def __init__(self, spec: StudySpec, tracking_uri: str, experiment_id: str, parent_run_id: str, commit: str | None = None):
+    def __init__(self, spec: StudySpec, tracking_uri: str, experiment_id: str, parent_run_id: str, commit: str | None = None,
+                 kind: str = KIND_TRIAL):
         self.spec = spec
+        self.kind = kind  # "trial" (the search) or "confirm" (re-runs of the best configurations on extra seeds)
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -211,7 +240,7 @@ class MlflowTracker(Callback):
         tid = trial.trial_id
         if tid in self._runs:
             return self._runs[tid]
-        found = find_runs(self.client, self.experiment_id, self.spec.name, KIND_TRIAL, trial_id=tid)
+        found = find_runs(self.client, self.experiment_id, self.spec.name, self.kind, trial_id=tid)
         if found:
             run = found[0]
             rid = run.info.run_id
@@ -221,10 +250,12 @@ class MlflowTracker(Callback):
         else:
             setup = resolve_trial(self.spec, trial.config)
             tags = {
-                TAG_PARENT: self.parent_run_id, TAG_STUDY: self.spec.name, TAG_KIND: KIND_TRIAL, TAG_TRIAL_ID: tid,
+                TAG_PARENT: self.parent_run_id, TAG_STUDY: self.spec.name, TAG_KIND: self.kind, TAG_TRIAL_ID: tid,
                 TAG_DATASET: setup.dataset, TAG_SEED: str(setup.seed), TAG_VARIANT: setup.arm, TAG_STATUS: "RUNNING",
                 TAG_GIT_COMMIT: self.commit, TAG_REPLICATE: str(setup.replicate),
             }
+            if isinstance(trial.config.get("point"), dict):  # a confirmation trial
+                tags[TAG_CONFIRM_RANK] = str(trial.config["point"]["rank"])
             rid = self.client.create_run(self.experiment_id, run_name=f"{setup.dataset}-s{setup.seed}-{tid}", tags=tags).info.run_id
             _log_params(self.client, rid, {k: str(v)[:MAX_PARAM_CHARS] for k, v in config_to_dict(setup.config).items()})
             self._max_step[rid] = 0
@@ -243,7 +274,7 @@ class MlflowTracker(Callback):
         if status == "TERMINATED" and "test_pcc" not in result:
             status = "STOPPED"  # ended without the final report: stopped early by the scheduler
         self._log_epoch(rid, result)
-        final = {k: result[k] for k in FINAL_KEYS if k in result}
+        final = {k: result[k] for k in result if k in FINAL_KEYS or str(k).startswith(INFERENCE_PREFIX)}
         if status == "STOPPED":
             final = {k: v for k, v in final.items() if not k.startswith("test_")}
             final.setdefault("seconds", result.get("time_total_s", float("nan")))
@@ -256,6 +287,9 @@ class MlflowTracker(Callback):
             self.client.set_tag(rid, TAG_ERROR, _first_error_line(trial))
         if isinstance(result.get("epoch"), int):
             self.client.set_tag(rid, TAG_EPOCHS_DONE, str(result["epoch"]))
+        limit = self.spec.max_trial_seconds
+        if status == "STOPPED" and limit and float(result.get("time_total_s", 0.0)) >= limit:
+            self.client.set_tag(rid, TAG_STOPPED_ON, "max_trial_seconds")
         self.client.set_terminated(rid, "FAILED" if status == "ERROR" else "FINISHED")
         self.client.set_tag(rid, TAG_STATUS, status)  # last: the tag marks a run as complete
         self._status[rid] = status
@@ -267,8 +301,9 @@ class MlflowTracker(Callback):
                 return
             if (d / "best_model").is_dir():
                 self.client.log_artifacts(rid, str(d / "best_model"), ARTIFACT_MODEL)
-            if (d / ARTIFACT_PER_MICROBE).is_file():
-                self.client.log_artifact(rid, str(d / ARTIFACT_PER_MICROBE))
+            for name in (ARTIFACT_PER_MICROBE, INFERENCE_ARTIFACT):
+                if (d / name).is_file():
+                    self.client.log_artifact(rid, str(d / name))
 
     def _log_epoch(self, rid: str, result: dict) -> None:
         epoch = result.get("epoch")
@@ -337,6 +372,8 @@ def study_status(study: str, tracking_uri: str) -> dict:
     if exp is None:
         raise DepmicroError(f"no study {study!r} in {tracking_uri} (no MLflow experiment {experiment_name(study)!r})")
     parents = find_runs(client, exp.experiment_id, study, KIND_STUDY)
+    metric = parents[0].data.params.get("metric", "val_pcc_per_microbe") if parents else "val_pcc_per_microbe"
+    val_metric = metric.removeprefix("best_").removeprefix("val_")
     trials = []
     for run in find_runs(client, exp.experiment_id, study, KIND_TRIAL):
         tags = run.data.tags
@@ -349,7 +386,9 @@ def study_status(study: str, tracking_uri: str) -> dict:
             "dataset": tags.get(TAG_DATASET), "seed": _int_or_none(tags.get(TAG_SEED)),
             "variant": tags.get(TAG_VARIANT), "node_id": tags.get(TAG_NODE_ID),
             "epochs_done": _int_or_none(tags.get(TAG_EPOCHS_DONE)),
+            "stopped_on": tags.get(TAG_STOPPED_ON),
             "run_id": run.info.run_id, "config": config, "metrics": dict(run.data.metrics),
+            "inference_best": best_setting(dict(run.data.metrics), val_metric),
         })
     trials.sort(key=lambda t: t["trial_id"] or "")
     baselines = [{"method": r.data.tags.get(TAG_METHOD), "dataset": r.data.tags.get(TAG_DATASET),
@@ -362,6 +401,7 @@ def study_status(study: str, tracking_uri: str) -> dict:
         "name": study, "tracking_uri": tracking_uri, "experiment_id": exp.experiment_id,
         "state": parents[0].info.status if parents else "UNKNOWN", "counts": counts,
         "error": parents[0].data.tags.get(TAG_ERROR) if parents else None,
+        "stopped_on": (parents[0].data.tags.get(TAG_STOPPED_ON) or None) if parents else None,
         "trials": trials, "baselines": baselines,
     }
 

@@ -36,6 +36,9 @@ from depmicro.core.model.bundle import save_model
 from depmicro.core.model.config import ModelConfig, config_from_dict
 from depmicro.core.train import fit
 from depmicro.studies.checkpoints import restore_point
+from depmicro.studies.inference import ARTIFACT as INFERENCE_ARTIFACT
+from depmicro.studies.inference import label as inference_label
+from depmicro.studies.inference import metric_key
 from depmicro.studies.schema import ARTIFACT_PER_MICROBE
 from depmicro.studies.spec import StudySpec, split_data_key
 
@@ -94,12 +97,34 @@ def _resolve(spec: StudySpec, config: dict) -> TrialSetup:
         replicate = int(config.get("replicate", 0))
     arm = config.get("arm", "search")
     overrides = dict(spec.base_config)
+    if spec.inference:  # epochs validate with the default inference setting (what ASHA and the search see)
+        overrides.update(spec.inference.default)
     overrides.update(spec.arms.get(arm, {}))
     overrides.update({k: v for k, v in config.items() if k in spec.search_space})
+    overrides.update((config.get("point") or {}).get("config", {}))  # a confirmation trial: one of the search's best configurations
     cfg = config_from_dict(overrides)
     cfg = dataclasses.replace(cfg, seed=cfg.seed + replicate)
     dataset, seed = split_data_key(key)
     return TrialSetup(key, dataset, seed, arm, replicate, cfg)
+
+
+def limit_threads(cpu: float) -> int:
+    """As many intra-op threads as CPUs the trial was given (at least one): a trial that spreads over
+    every core fights the other concurrent trials for them. OMP/MKL variables carry the limit to any
+    process the trial starts; torch itself is told directly (its pool already exists)."""
+    import os
+
+    import torch
+
+    n = max(1, int(round(cpu)))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(n)
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(n)
+    except RuntimeError:  # only settable before the first parallel work in this process (a reused worker)
+        pass
+    return n
 
 
 def _best_so_far(best: dict, val: dict) -> dict:
@@ -118,7 +143,7 @@ def train_trial(config: dict, shared: SharedData) -> None:
     spec = shared.spec
     setup = resolve_trial(spec, config)
     cfg = setup.config
-    torch.set_num_threads(max(1, int(round(spec.resources.cpu))))
+    limit_threads(spec.resources.cpu)
     node_id = ray.get_runtime_context().get_node_id()
     data = shared.datasets[setup.dataset]
     split = shared.splits[setup.data_key]
@@ -188,6 +213,11 @@ def train_trial(config: dict, shared: SharedData) -> None:
     metrics["vae_seconds"] = float(res.vae_seconds)  # VAE training this trial paid (0: shipped, cached or resumed)
     metrics["vae_cached"] = int(res.vae_source in ("shared", "cache"))
     metrics.setdefault("best_val_pcc_per_microbe", float(res.val.get("pcc_per_microbe", float("nan"))) if res.val else float("nan"))
+    if spec.inference:
+        table = score_inference(spec, res.imputer, cfg, data, split, res.filled)
+        for row in table:
+            metrics.update({metric_key(row["label"], k): v for k, v in row["scores"].items()})
+        (d / INFERENCE_ARTIFACT).write_text(json.dumps(table, indent=1))
     save_model(res.imputer, d / "best_model")
     nan_to_none = lambda a: [None if not np.isfinite(x) else float(x) for x in a]  # noqa: E731
     (d / ARTIFACT_PER_MICROBE).write_text(json.dumps({"var_names": list(data.var_names), "test": nan_to_none(per_test), "val": nan_to_none(per_val)}))
@@ -196,6 +226,36 @@ def train_trial(config: dict, shared: SharedData) -> None:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(d)))
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def score_inference(spec: StudySpec, imputer, cfg: ModelConfig, data, split, default_filled: np.ndarray) -> list[dict]:
+    """Every inference setting on the trial's best-validation model: one timed imputation each gives
+    its validation and test scores and its seconds. The default setting's scores come from the
+    imputation fit already scored (so they equal the trial's own val/test metrics); its seconds from
+    its own timed run like every other setting."""
+    from depmicro.core.data.evaluation import evaluate, training_view
+
+    Y = data.normalized
+    view = training_view(Y, split)
+    meta = data.metadata_text() if cfg.use_metadata else None
+    rows = []
+    try:
+        for setting in spec.inference.settings():
+            imputer.cfg = dataclasses.replace(cfg, **setting)
+            torch.manual_seed(cfg.seed)
+            t0 = time.perf_counter()
+            filled = imputer.impute(view, split.observed, meta)
+            seconds = time.perf_counter() - t0
+            if all(getattr(cfg, k) == v for k, v in setting.items()):
+                filled = default_filled
+            val = evaluate(Y, filled, split.val) if split.val.any() else {}
+            test = evaluate(Y, filled, split.test)
+            scores = {**{f"val_{m}": float(val[m]) for m in METRICS if m in val},
+                      **{f"test_{m}": float(test[m]) for m in METRICS}, "seconds": float(seconds)}
+            rows.append({"label": inference_label(setting), "setting": setting, "scores": scores})
+    finally:
+        imputer.cfg = cfg  # the saved model keeps the configuration it was trained and validated with
+    return rows
 
 
 def _last_metrics(res, best: dict, node_id: str) -> dict:

@@ -2,12 +2,15 @@
 and the progress lines. Why each mapping: see runner.py's docstring."""
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
 from ray import tune
 from ray.tune import Callback
+from ray.tune.stopper import Stopper
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Repeater
 from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -41,10 +44,12 @@ def param_space(spec: StudySpec) -> dict:
     return space
 
 
-def search_alg(spec: StudySpec):
+def search_alg(spec: StudySpec, warm: list[dict] | None = None):
+    """`warm`: configurations (searched fields only) Optuna suggests first (warm_start.py says why
+    they are re-run rather than passed with their old scores)."""
     if spec.search != "optuna":
         return BasicVariantGenerator(random_state=spec.search_seed)
-    searcher = OptunaSearch(metric=spec.metric, mode=spec.mode, seed=spec.search_seed)
+    searcher = OptunaSearch(metric=spec.metric, mode=spec.mode, seed=spec.search_seed, points_to_evaluate=warm or None)
     n = len(data_combos(spec))
     if n > 1:
         searcher = Repeater(searcher, repeat=n)
@@ -70,9 +75,66 @@ def trainable(shared: SharedData):
 def run_config(spec: StudySpec, storage: Path, callbacks: list):
     return tune.RunConfig(
         name=spec.name, storage_path=str(storage), callbacks=callbacks, verbose=0,
+        stop=TrialTimeStopper(spec.max_trial_seconds) if spec.max_trial_seconds else None,
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
     )
+
+
+# --- budgets ----------------------------------------------------------------------------------
+
+class TrialTimeStopper(Stopper):
+    """`max_trial_seconds`: stop a trial whose training time (Tune's time_total_s, kept across
+    restores) passed the limit; the tracker tags its run depmicro.stopped_on=max_trial_seconds."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return float(result.get("time_total_s", 0.0)) >= self.seconds
+
+    def stop_all(self) -> bool:
+        return False
+
+
+class TimeBudget(Callback):
+    """`time_budget`: after that much wall time in one session, stop the study the way Ctrl-C does
+    (SIGINT to the driver, which Tune's handler turns into a saved, resumable experiment).
+
+    Why not TuneConfig(time_budget_s): Tune's TimeoutStopper ends every running and pending trial as
+    TERMINATED and marks the searcher finished, so a restored Tuner has nothing left to run and
+    `study resume` could not continue the study. The clock restarts in each session (resume), and
+    `study resume --time-budget` replaces the budget for that session (through RESUME_BUDGET_ENV:
+    a restored Tuner keeps the callbacks it was created with)."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self._t0: float | None = None
+        self._sent = False
+
+    def __setstate__(self, state: dict) -> None:  # restored with the Tuner: a new session, a new budget
+        self.__dict__.update(state)
+        self._t0, self._sent = None, False
+        override = os.environ.get(RESUME_BUDGET_ENV)
+        if override is not None:
+            self.seconds = float(override) or None
+
+    def on_step_begin(self, iteration: int, trials: list, **info) -> None:
+        now = time.time()
+        if self._t0 is None:
+            self._t0 = now
+        if self.seconds and not self._sent and now - self._t0 >= self.seconds:
+            self._sent = True
+            print_line(f"time budget of {self.seconds:g}s reached: stopping; `depmicro study resume` continues")
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+RESUME_BUDGET_ENV = "DEPMICRO_RESUME_TIME_BUDGET_S"
+
+
+def budget_callbacks(spec: StudySpec) -> list:
+    """Always present (possibly without a budget), so that a resume can set one."""
+    return [TimeBudget(spec.time_budget_s)]
 
 
 # --- progress ---------------------------------------------------------------------------------

@@ -1,11 +1,17 @@
-"""Benchmark: the quickstart study with 1 and 2 concurrent trials, with and without ASHA.
+"""Benchmark: the quickstart study with 1 and 2 concurrent trials, and ASHA against no early stopping.
 
-Each variant runs `depmicro study run` in a fresh directory (own Ray, own MLflow db) and is timed
-end to end, driver start-up included (what a user waits for). Trial-epochs (epochs actually
-trained, summed over trials) come from MLflow, so ASHA's saving shows next to its wall time.
+Every variant draws the same configurations (search: random with the quickstart's seed, so Tune's
+variant generator suggests the same ones) on the same held-out seed, in a fresh directory (own
+Ray, own MLflow db), timed end to end, driver start-up included (what a user waits for).
 
-    python tests/bench/study.py                       # the quickstart as shipped (about 10 min on 2 CPUs)
-    python tests/bench/study.py --epochs 4 --num-samples 4
+- concurrency: c1_fifo vs c2_fifo, the same trials one or two at a time (each trial gets the torch
+  threads of its `cpu` resource, so two trials do not fight over the cores).
+- early stopping: c2_asha vs c2_fifo. From MLflow's per-epoch validation history (ordered by time)
+  it counts the trial-epochs each needed before its best-so-far validation score came within
+  `--tolerance` of the no-stopping run's best (`epochs_to_target`); ratios in `summary`.
+
+    python tests/bench/study.py                       # the quickstart as shipped
+    python tests/bench/study.py --epochs 8 --num-samples 8
 
 Prints one JSON object.
 """
@@ -25,7 +31,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "studies" / "quickstart.yaml"
-VARIANTS = {"c1_asha": (1, True), "c2_asha": (2, True), "c1_fifo": (1, False), "c2_fifo": (2, False)}
+VARIANTS = {"c2_fifo": (2, False), "c1_fifo": (1, False), "c2_asha": (2, True)}
 
 
 def _spec(directory: Path, concurrent: int, asha: bool, epochs: int | None, num_samples: int | None) -> Path:
@@ -33,6 +39,7 @@ def _spec(directory: Path, concurrent: int, asha: bool, epochs: int | None, num_
     spec["base_config"]["file"] = str(QUICKSTART.parent / spec["base_config"]["file"])
     spec["max_concurrent_trials"] = concurrent
     spec["baselines"] = []  # the same for every variant; not what is measured
+    spec["search"] = {"algorithm": "random", "seed": spec.get("search", {}).get("seed", 0)}  # same configs in every variant
     if epochs:
         spec["base_config"]["epochs"] = epochs
         if isinstance(spec.get("scheduler"), dict):
@@ -44,6 +51,29 @@ def _spec(directory: Path, concurrent: int, asha: bool, epochs: int | None, num_
     path = directory / "study.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+def _val_events(uri: str, name: str, metric: str = "val_pcc_per_microbe") -> list[tuple[int, str, int, float]]:
+    """(timestamp ms, run id, epoch, value) of every validated epoch of every trial, in time order."""
+    from mlflow.tracking import MlflowClient
+
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=[f"depmicro-{name}"], filter_string="tags.`depmicro.kind` = 'trial'")
+    client = MlflowClient(uri)
+    ev = [(m.timestamp, r, m.step, m.value) for r in runs["run_id"] for m in client.get_metric_history(r, metric)]
+    return sorted(ev)
+
+
+def epochs_to_target(events: list[tuple[int, str, int, float]], target: float) -> int | None:
+    """Trial-epochs trained (in time order) until the best validation score so far reached `target`."""
+    best = float("-inf")
+    for i, (_, _, _, v) in enumerate(events, start=1):
+        best = max(best, v)
+        if best >= target:
+            return i
+    return None
 
 
 def _trial_epochs(uri: str, name: str) -> tuple[int, dict]:
@@ -84,7 +114,7 @@ def run_variant(label: str, concurrent: int, asha: bool, epochs: int | None, num
         "max_concurrent_trials": concurrent, "scheduler": "asha" if asha else "none", "wall_s": round(wall, 1),
         "trials": summary["trials"], "statuses": statuses, "trial_epochs": trial_epochs,
         "best_val_pcc_per_microbe": best.get("best_val_pcc_per_microbe"), "best_test_pcc_per_microbe": best.get("test_pcc_per_microbe"),
-        "dir": str(d),
+        "val_events": [(r, e, v) for _, r, e, v in _val_events(uri, summary["name"])], "dir": str(d),
     }
 
 
@@ -93,6 +123,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, help="override the quickstart's epochs")
     ap.add_argument("--num-samples", type=int, help="override the quickstart's number of trials")
     ap.add_argument("--only", choices=list(VARIANTS), nargs="*", help="run only these variants")
+    ap.add_argument("--tolerance", type=float, default=0.005, help="how close to the no-stopping best counts as reached")
     args = ap.parse_args()
     t0 = time.time()
     out = {"study": str(QUICKSTART), "epochs": args.epochs, "num_samples": args.num_samples, "cpus": os.cpu_count(),
@@ -102,8 +133,30 @@ def main() -> None:
             continue
         out["variants"][label] = run_variant(label, conc, asha, args.epochs, args.num_samples)
         print(f"{label}: {out['variants'][label]}", file=sys.stderr, flush=True)
+    out["summary"] = summarize(out["variants"], args.tolerance)
+    for v in out["variants"].values():
+        v.pop("val_events", None)
     out["seconds"] = round(time.time() - t0, 1)
     print(json.dumps(out, indent=2))
+
+
+def summarize(variants: dict, tolerance: float) -> dict:
+    """The two ratios the issue sets targets for (2 concurrent <= 0.6x of 1; ASHA <= 40 % of the trial-epochs)."""
+    out: dict = {"tolerance": tolerance}
+    c1, c2, asha = (variants.get(k, {}) for k in ("c1_fifo", "c2_fifo", "c2_asha"))
+    if "wall_s" in c1 and "wall_s" in c2:
+        out["wall_c2_over_c1"] = round(c2["wall_s"] / c1["wall_s"], 3)
+    if "val_events" in c2 and "val_events" in asha:
+        ref = [(0, r, e, v) for r, e, v in c2["val_events"]]
+        target = max(v for *_, v in ref) - tolerance
+        fifo_n = epochs_to_target(ref, target)
+        asha_n = epochs_to_target([(0, r, e, v) for r, e, v in asha["val_events"]], target)
+        out.update({"target_val_pcc_per_microbe": round(target, 4), "fifo_epochs_to_target": fifo_n,
+                    "asha_epochs_to_target": asha_n, "fifo_trial_epochs": c2["trial_epochs"],
+                    "asha_trial_epochs": asha["trial_epochs"],
+                    "asha_over_fifo_epochs_to_target": round(asha_n / fifo_n, 3) if asha_n and fifo_n else None,
+                    "asha_over_fifo_total_epochs": round(asha["trial_epochs"] / c2["trial_epochs"], 3)})
+    return out
 
 
 if __name__ == "__main__":
