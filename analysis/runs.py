@@ -78,6 +78,7 @@ def set_tracking(uri: str | None) -> str:
     import mlflow
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per downloaded run floods the terminal
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # run links on stdout would break --json
     uri = check_tracking_uri(uri or default_tracking_uri())
     db = sqlite_path(uri)
     if db is not None:

@@ -5,7 +5,7 @@
 #
 #   MLFLOW_BACKEND_URI=postgresql://mlflow:PASSWORD@db.internal:5432/mlflow \
 #   MLFLOW_ARTIFACTS=s3://my-bucket/depmicro-artifacts \
-#   MLFLOW_ALLOWED_HOSTS=mlflow.internal:5000 \
+#   MLFLOW_HOST=0.0.0.0 MLFLOW_ALLOWED_HOSTS=mlflow.internal:5000 \
 #   cluster/mlflow/start-server.sh
 #
 # Defaults (a local trial run): sqlite:///$PWD/mlflow-server.db and ./mlflow-artifacts, port 5000,
@@ -36,7 +36,9 @@ if [ "$HOST" != "127.0.0.1" ] && [ "$HOST" != "localhost" ] && [ -z "$AUTH" ]; t
 fi
 
 case "$BACKEND" in
-  postgresql*) python -c "import psycopg2" 2>/dev/null || { echo "pip install psycopg2-binary first" >&2; exit 2; } ;;
+  # the driver SQLAlchemy picks for the URI (plain postgresql:// is psycopg 3 from SQLAlchemy 2.1 on)
+  postgresql*) python -c 'import sys, sqlalchemy; sqlalchemy.create_engine(sys.argv[1])' "$BACKEND" 2>/dev/null \
+      || { echo "no driver for ${BACKEND%%://*}: pip install 'depmicro[cluster]' (psycopg) first" >&2; exit 2; } ;;
   mysql*) python -c "import pymysql" 2>/dev/null || { echo "pip install pymysql first" >&2; exit 2; } ;;
 esac
 case "$ARTIFACTS" in

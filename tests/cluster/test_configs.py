@@ -46,6 +46,7 @@ def test_mlflow_server_script_is_valid_bash_with_sql_backend_and_artifact_root()
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
     text = script.read_text()
     assert "--backend-store-uri" in text and "--artifacts-destination" in text and "mlflow db upgrade" in text
+    assert 'HOST="${MLFLOW_HOST:-127.0.0.1}"' in text  # loopback unless the operator opens it
     assert (CLUSTER / "mlflow" / "README.md").is_file()
 
 
