@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from depmicro.core.data.baselines import BASELINES
-from depmicro.core.data.evaluation import METRICS, direction
+from depmicro.core.data.evaluation import METRICS, PROTOCOLS, direction
 from depmicro.core.errors import DepmicroError
 from depmicro.core.model.config import ModelConfig, config_from_dict, config_to_dict
 
@@ -25,7 +25,7 @@ PARAM_TYPES = ("uniform", "loguniform", "int", "choice", "grid")
 SEARCH_ALGORITHMS = ("optuna", "random", "grid")
 SCHEDULERS = ("asha", "none")
 TOP_KEYS = (
-    "name", "description", "datasets", "seeds", "test_ratio", "val_ratio", "base_config", "search_space", "ablate",
+    "name", "description", "datasets", "seeds", "test_ratio", "val_ratio", "protocol", "base_config", "search_space", "ablate",
     "search", "scheduler", "num_samples", "max_concurrent_trials", "resources_per_trial", "replicates", "metric",
     "mode", "baselines", "max_failures",
 )
@@ -75,6 +75,7 @@ class StudySpec:
     seeds: list[int] = field(default_factory=lambda: [0])
     test_ratio: float = 0.1
     val_ratio: float = 0.1
+    protocol: str = "paper"  # paper | renormalized (core.data.evaluation.protocol_matrix), fixed per study
     base_config: dict = field(default_factory=dict)   # ModelConfig overrides (file merged with inline)
     search_space: dict[str, Param] = field(default_factory=dict)
     ablate: dict[str, list] = field(default_factory=dict)  # one factor at a time: field -> values
@@ -192,10 +193,14 @@ def spec_from_dict(raw: Any, base_dir: str | os.PathLike = ".", source: str | No
     if not (0 < test_ratio < 1 and 0 < val_ratio < 1 and test_ratio + val_ratio < 1):
         raise DepmicroError(f"test_ratio and val_ratio must be in (0, 1) with a sum < 1, not {test_ratio}/{val_ratio}")
 
+    protocol = raw.get("protocol", "paper")
+    if protocol not in PROTOCOLS:
+        raise DepmicroError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
+
     base = _base_config(raw.get("base_config", {}), base_dir)
-    base["test_ratio"], base["val_ratio"] = test_ratio, val_ratio
+    base["test_ratio"], base["val_ratio"], base["protocol"] = test_ratio, val_ratio, protocol
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    reserved = {"test_ratio", "val_ratio"}  # set by the study, not searched: the protocol is fixed per study
+    reserved = {"test_ratio", "val_ratio", "protocol"}  # set by the study, not searched: the protocol is fixed per study
 
     search_space = _search_space(raw.get("search_space") or {}, fields - reserved)
     ablate = _ablate(raw.get("ablate") or {}, fields - reserved)
@@ -231,7 +236,7 @@ def spec_from_dict(raw: Any, base_dir: str | os.PathLike = ".", source: str | No
         raise DepmicroError(f"description must be text, not {description!r}")
 
     spec = StudySpec(
-        name=name, datasets=datasets, seeds=seeds, test_ratio=test_ratio, val_ratio=val_ratio, base_config=base,
+        name=name, datasets=datasets, seeds=seeds, test_ratio=test_ratio, val_ratio=val_ratio, protocol=protocol, base_config=base,
         search_space=search_space, ablate=ablate, search=algorithm, search_seed=search_seed, scheduler=scheduler,
         num_samples=num_samples, max_concurrent_trials=max_conc, resources=resources, replicates=replicates,
         metric=metric, mode=mode, baselines=baselines, max_failures=max_failures, description=description, source=source,
@@ -379,7 +384,7 @@ def _search_space(v: Any, fields: set[str]) -> dict[str, Param]:
     for key, d in v.items():
         what = f"search_space.{key}"
         if key not in fields:
-            hint = " (set by the study's test_ratio/val_ratio)" if key in ("test_ratio", "val_ratio") else ""
+            hint = " (set by the study's test_ratio/val_ratio/protocol)" if key in ("test_ratio", "val_ratio", "protocol") else ""
             raise DepmicroError(f"{what}: not a searchable ModelConfig field{hint}")
         if isinstance(d, list):
             d = {"type": "choice", "values": d}

@@ -51,6 +51,17 @@ def test_paper_sweep_and_ablations_parse():
     assert abl.n_trials() == len(arms) * 3 * len(abl.seeds)
 
 
+def test_protocol_is_a_study_key_that_reaches_every_trial_config():
+    from depmicro.studies.trainable import resolve_trial
+
+    raw = _quick()
+    raw["protocol"] = "renormalized"
+    spec = spec_from_dict(raw)
+    assert spec.protocol == "renormalized" and spec_from_json(spec.to_dict()).protocol == "renormalized"
+    assert resolve_trial(spec, {"data": spec.data_keys[0], "arm": "search", "replicate": 0}).config["protocol"] == "renormalized"
+    assert spec_from_dict(_quick()).protocol == "paper"
+
+
 def test_tune_mapping_of_each_search_kind():
     from ray import tune
 
@@ -128,6 +139,8 @@ def _bad_cases() -> dict[str, tuple[dict, str]]:
         "combination invalid": (ss(hidden_dim={"type": "choice", "values": [64, 68]}, n_heads={"type": "choice", "values": [4, 8]}),
                                 "hidden_dim=68, n_heads=8: config hidden_dim (68) must be divisible by n_heads (8)"),
         "test_ratio searched": (ss(test_ratio={"type": "uniform", "low": 0.1, "high": 0.2}), "set by the study"),
+        "unknown protocol": (q(protocol="leaky"), "protocol must be one of paper, renormalized"),
+        "protocol searched": (ss(protocol={"type": "choice", "values": ["paper", "renormalized"]}), "set by the study"),
         "grid with optuna": (ss(lr={"type": "grid", "values": [1e-3, 1e-4]}), "type grid needs search: grid or random"),
         "ablate with optuna": (q(ablate={"n_layers": [1, 2]}), "ablate needs search: grid"),
         "unknown search": (q(search="bayes"), "search algorithm must be one of"),
