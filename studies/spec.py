@@ -29,6 +29,7 @@ TOP_KEYS = (
     "search", "scheduler", "num_samples", "max_concurrent_trials", "resources_per_trial", "replicates", "metric",
     "mode", "baselines", "max_failures",
 )
+BASE_ARM = "base"  # the one arm of an ablation that repeats the base configuration
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _MAX_VALIDATED_COMBOS = 4096
 
@@ -102,10 +103,23 @@ class StudySpec:
 
     @property
     def arms(self) -> dict[str, dict]:
-        """Ablation arms, label -> overrides; a search study has the single arm "search"."""
+        """Ablation arms, label -> overrides; a search study has the single arm "search".
+
+        Values equal to the base configuration's (vae_pretrain=true when the base pretrains) would
+        train the same model with the same seeds once per factor; they collapse into one arm, "base"."""
         if not self.ablate:
             return {"search": {}}
-        return {f"{k}={_label(v)}": {k: v} for k, vals in self.ablate.items() for v in vals}
+        from depmicro.core.model.config import config_from_dict
+
+        base = config_from_dict(self.base_config)
+        out: dict[str, dict] = {}
+        for k, vals in self.ablate.items():
+            for v in vals:
+                if config_from_dict({**self.base_config, k: v}) == base:
+                    out.setdefault(BASE_ARM, {})
+                else:
+                    out[f"{k}={_label(v)}"] = {k: v}
+        return out
 
     def dataset(self, name: str) -> DatasetSpec:
         for d in self.datasets:
