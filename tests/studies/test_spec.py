@@ -57,7 +57,7 @@ def test_protocol_is_a_study_key_that_reaches_every_trial_config():
     raw["protocol"] = "renormalized"
     spec = spec_from_dict(raw)
     assert spec.protocol == "renormalized" and spec_from_json(spec.to_dict()).protocol == "renormalized"
-    assert resolve_trial(spec, {"data": spec.data_keys[0], "arm": "search", "replicate": 0}).config["protocol"] == "renormalized"
+    assert resolve_trial(spec, {"data": spec.data_keys[0], "arm": "search", "replicate": 0}).config.protocol == "renormalized"
     assert spec_from_dict(_quick()).protocol == "paper"
 
 
