@@ -61,6 +61,16 @@ def test_protocol_is_a_study_key_that_reaches_every_trial_config():
     assert spec_from_dict(_quick()).protocol == "paper"
 
 
+def test_ablations_small_has_the_same_factors_and_runs_the_base_once():
+    tcma_path("stad")
+    small, full = load_spec(STUDIES / "ablations_small.yaml"), load_spec(STUDIES / "ablations.yaml")
+    assert small.ablate == full.ablate and set(small.arms) == set(full.arms)
+    assert list(small.arms).count("base") == 1 and len(small.arms) == 8  # 11 values, 4 of them the base's
+    assert small.seeds == [0, 1, 2, 3, 4] and {d.name for d in small.datasets} == {"stad", "coad", "hnsc"}
+    assert small.n_trials() == 8 * 3 * 5
+    assert small.resources.gpu == 0 and small.base_config["epochs"] <= full.base_config.get("epochs", 300)
+
+
 def test_tune_mapping_of_each_search_kind():
     from ray import tune
 
