@@ -130,7 +130,7 @@ def test_renormalized_fit_sees_nothing_of_held_out_counts():
     poisoned.counts[split.test] = np.random.default_rng(3).integers(1, 10**5, size=split.test.sum())
     outs = []
     for d in (ds, poisoned):
-        res = fit(cfg_of(protocol="renormalized", epochs=2), d, split)
+        res = fit(cfg_of(protocol="renormalized", epochs=2, dep_mask_mode="restrict"), d, split)  # dependency stats too
         view = training_view(protocol_matrix(d.counts, split, "renormalized"), split)
         torch.manual_seed(0)
         outs.append((res.imputer.impute(view, split.observed), {k: v.clone() for k, v in res.imputer.net.state_dict().items()}, res.test))
