@@ -1,4 +1,4 @@
-"""Hand-made MLflow stores with known paired differences, laid out as studies/tracking.py logs them
+"""Hand-made MLflow stores with known paired differences, laid out as studies/schema.py defines them
 (parent run with the flattened spec, one child run per trial with its config params and test
 metrics), for the claims table and the noise notes. No model artifacts: analysis does not need them.
 
@@ -39,20 +39,21 @@ def _log(root: Path, study: str, parent_params: dict[str, str], trials: list[tup
     from mlflow.tracking import MlflowClient
 
     from depmicro.core.model.config import ModelConfig, config_to_dict
+    from depmicro.studies.schema import (FINISHED, KIND_STUDY, KIND_TRIAL, TAG_DATASET, TAG_KIND, TAG_PARENT, TAG_SEED,
+                                         TAG_STATUS, TAG_STUDY, TAG_TRIAL_ID, TAG_VARIANT, experiment_name)
 
     root.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(uri)
-    exp = client.create_experiment(f"depmicro-{study}", artifact_location=(root / "art").resolve().as_uri())
-    tags = {"depmicro.study": study}
-    parent = client.create_run(exp, run_name=study, tags={**tags, "depmicro.kind": "study"})
+    exp = client.create_experiment(experiment_name(study), artifact_location=(root / "art").resolve().as_uri())
+    tags = {TAG_STUDY: study}
+    parent = client.create_run(exp, run_name=study, tags={**tags, TAG_KIND: KIND_STUDY})
     client.log_batch(parent.info.run_id, params=[Param(k, v) for k, v in {"name": study, **parent_params}.items()])
     client.set_terminated(parent.info.run_id)
     for k, (variant, dataset, seed, over, metrics) in enumerate(trials):
-        run = client.create_run(exp, tags={**tags, "mlflow.parentRunId": parent.info.run_id, "depmicro.kind": "trial",
-                                           "depmicro.dataset": dataset, "depmicro.seed": str(seed),
-                                           "depmicro.trial_id": f"t{k:03d}", "depmicro.variant": variant,
-                                           "depmicro.status": "TERMINATED"})
+        run = client.create_run(exp, tags={**tags, TAG_PARENT: parent.info.run_id, TAG_KIND: KIND_TRIAL,
+                                           TAG_DATASET: dataset, TAG_SEED: str(seed), TAG_TRIAL_ID: f"t{k:03d}",
+                                           TAG_VARIANT: variant, TAG_STATUS: FINISHED})
         cfg = {**config_to_dict(ModelConfig()), **over}
         client.log_batch(run.info.run_id, metrics=[Metric(m, float(v), 0, 0) for m, v in metrics.items()],
                          params=[Param(p, str(v)) for p, v in cfg.items()])
