@@ -158,7 +158,7 @@ def markdown(table: pd.DataFrame, metrics: tuple[str, ...] = CLAIM_METRICS) -> s
     for m in metrics:
         head += [f"{m} effect [95 % CI]", "Holm p", "verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    fmt = lambda x: "–" if x != x else f"{x:+.4f}"  # noqa: E731
+    fmt = lambda x: "–" if x != x else f"{round(x, 4) + 0.0:+.4f}"  # noqa: E731  (+ 0.0: no "-0.0000")
     for _, r in table.iterrows():
         cells = [r["claim"], f"{r['treatment']} vs {r['control']}", str(r["n_pairs"])]
         for m in metrics:
