@@ -8,10 +8,16 @@ from depmicro.core.cli import add_command
 
 
 def _cmd_analyze(args: argparse.Namespace) -> dict:
+    from pathlib import Path
+
     from depmicro.analysis.report import analyze
 
-    return analyze(args.study, args.out, tracking_uri=args.tracking_uri, log_to_parent=not args.no_log,
-                   reference=args.reference)
+    result = analyze(args.study, args.out, tracking_uri=args.tracking_uri, log_to_parent=not args.no_log,
+                     reference=args.reference)
+    if not args.json and result["claims"]:  # the table itself, readable; --json keeps the rows
+        print((Path(args.out) / "claims.md").read_text())
+        result["claims"] = f"{len(result['claims'])} claims (table above; claims.csv, claims.md)"
+    return result
 
 
 def _cmd_export(args: argparse.Namespace) -> dict:

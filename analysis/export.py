@@ -23,7 +23,7 @@ from depmicro.analysis.confirm import load_confirm, winner_trials
 from depmicro.analysis.inference import val_metric
 from depmicro.analysis.runs import StudyRuns, load_study
 from depmicro.core.data import load_dataset
-from depmicro.core.data.evaluation import COUNTS, METRICS, direction, evaluate, make_split, training_view
+from depmicro.core.data.evaluation import COUNTS, METRICS, direction, evaluate, make_split, protocol_matrix, training_view
 from depmicro.core.errors import DepmicroError
 from depmicro.core.io.manifest import MANIFEST
 from depmicro.core.io.outputs import MODEL_KIND, check_output
@@ -187,7 +187,7 @@ def replay(bundle: str | Path, data, metadata: str | Path | None = None) -> dict
     prov = json.loads((bundle / "provenance.json").read_text())
     ds = data if hasattr(data, "normalized") else load_dataset(data, metadata=metadata)
     cfg = imp.cfg
-    Y = ds.normalized
-    split = make_split(Y, seed=int(prov["seed"]), test_ratio=cfg.test_ratio, val_ratio=cfg.val_ratio)
+    split = make_split(ds.counts, seed=int(prov["seed"]), test_ratio=cfg.test_ratio, val_ratio=cfg.val_ratio)
+    Y = protocol_matrix(ds.counts, split, cfg.protocol)
     filled = imp.impute(training_view(Y, split), split.observed, ds.metadata_text() if cfg.use_metadata else None)
     return evaluate(Y, filled, split.test)

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from depmicro.analysis import figures, importance, stats, tables
-from depmicro.analysis import confirm
+from depmicro.analysis import claims, confirm, figures, importance, noise, stats, tables
 from depmicro.analysis import inference as inference_tables
 from depmicro.analysis.runs import StudyRuns, base_arms, configs, load_study, per_microbe, results
 from depmicro.core.errors import DepmicroError
@@ -25,7 +24,7 @@ CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color
 table{border-collapse:collapse;font-size:12px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right;white-space:nowrap}
 td:first-child,th:first-child{text-align:left}h2{border-bottom:1px solid #ddd;margin-top:1.6em}
 figure{display:inline-block;margin:0.5em;vertical-align:top}figcaption{font-size:12px;color:#555;max-width:520px}
-img{max-width:100%}.muted{color:#777;font-size:12px}"""
+img{max-width:100%}.muted{color:#777;font-size:12px}.noise{background:#fff8e1;padding:4px 8px;font-size:13px}"""
 
 
 def _img(path: Path, caption: str) -> str:
@@ -130,7 +129,9 @@ def _write_report(study: StudyRuns, res: pd.DataFrame, out: Path, reference: str
     conf = confirm.frame(confirm_table) if confirm_table else pd.DataFrame()
     if len(conf):
         atomic_write_text(out / "confirm.csv", conf.to_csv(index=False))
-    atomic_write_text(out / "report.html", _html(study, res, summ, comp, imp, figs, target, cfgs, inf, conf))
+    claims_tab = _claims(study, res, out)
+    notes = _noise_notes(res, ended, target, sws, comp)
+    atomic_write_text(out / "report.html", _html(study, res, summ, comp, imp, figs, target, cfgs, inf, conf, claims_tab, notes))
     return {
         "n_figures": len(figs),
         "inference": ({"settings": int(inf["setting"].nunique()), "rows": int(len(inf)),
@@ -138,12 +139,70 @@ def _write_report(study: StudyRuns, res: pd.DataFrame, out: Path, reference: str
                       if len(inf) else None),
         "confirm": ({"winner": confirm_table["winner"], "winner_config": confirm_table["winner_config"]}
                     if confirm_table else None),
+        "claims": _claims_summary(claims_tab), "noise": notes["test"],
     }
+
+
+# --- claims and noise (issue 15) -------------------------------------------------------------------
+
+def _claims(study: StudyRuns, res: pd.DataFrame, out: Path) -> pd.DataFrame | None:
+    """The claims table of an ablation study (None for a search study): claims.csv and claims.md."""
+    if not claims.has_ablation_arms(res):
+        return None
+    base, metadata_sets = claims.study_context(study.parent)
+    tab = claims.claims_table(res, base, metadata_sets)
+    atomic_write_text(out / "claims.csv", tab.to_csv(index=False))
+    atomic_write_text(out / "claims.md", claims.markdown(tab))
+    return tab
+
+
+def _claims_summary(tab: pd.DataFrame | None) -> list[dict]:
+    if tab is None:
+        return []
+    r = lambda x: None if x != x else round(float(x), 4)  # noqa: E731
+    return [{"claim": row["claim"], "verdict": row["verdict"], "pairs": int(row["n_pairs"]),
+             "pcc_per_microbe_diff": r(row["pcc_per_microbe_diff"]),
+             "ci95": [r(row["pcc_per_microbe_ci_low"]), r(row["pcc_per_microbe_ci_high"])],
+             "p_holm": r(row["pcc_per_microbe_p_holm"]), "rmse_diff": r(row["rmse_diff"]), "rmse_verdict": row["rmse_verdict"]}
+            for _, row in tab.iterrows()]
+
+
+def _noise_notes(res: pd.DataFrame, ended: pd.DataFrame, target: str, sws: dict, comp: pd.DataFrame) -> dict[str, str]:
+    """Sentences on the seed-to-seed spread for the tables, the importances, each sweep and the comparisons."""
+    test = noise.seed_spread(res, "test_pcc_per_microbe")
+    labelled = ended if "label" in ended else ended.assign(label=None)
+    val = noise.seed_spread(labelled, target)
+    notes = {"test": noise.sentence(test, "the differences between the configurations' test scores"),
+             "importance": noise.sentence(val, f"the fANOVA importances of {target}")}
+    for p, (s, metric) in sws.items():
+        spread = test if metric == "test_pcc_per_microbe" else noise.seed_spread(labelled, metric)
+        ranges = {d: float(g["mean"].max() - g["mean"].min()) for d, g in s.groupby("dataset")}
+        notes[f"sweep:{p}"] = noise.sentence(spread, f"the {p} sweep", ranges)
+    c = comp[(comp["metric"] == "pcc_per_microbe")] if len(comp) else comp
+    ranges = {d: float(g["mean_diff"].abs().max()) for d, g in c.groupby("dataset")} if len(c) else {}
+    notes["comparisons"] = noise.sentence(test, "the unpaired differences from the reference", ranges)
+    return notes
+
+
+def _note_html(text: str) -> str:
+    return f"<p class='noise'><b>Noise.</b> {h.escape(text)}</p>"
+
+
+def _claims_html(tab: pd.DataFrame | None) -> list[str]:
+    if tab is None:
+        return []
+    return ["<h2>The paper's claims</h2>",
+            f"<p class='muted'>treatment minus control, paired by dataset and seed; 95 % t-interval of the mean difference; "
+            f"paired t-test p Holm-corrected over the claims, per metric; verdict at Holm p &lt; {claims.ALPHA:g} "
+            f"(supported: the claimed direction, opposite: the other one). Arms: analysis/claims.py.</p>",
+            _frame_html(tab)]
 
 
 def _html(study: StudyRuns, res: pd.DataFrame, summ: pd.DataFrame, comp: pd.DataFrame, imp: pd.DataFrame,
           figs: list[tuple[Path, str]], target: str, cfgs: pd.DataFrame, inf: pd.DataFrame | None = None,
-          conf: pd.DataFrame | None = None) -> str:
+          conf: pd.DataFrame | None = None, claims_tab: pd.DataFrame | None = None,
+          notes: dict[str, str] | None = None) -> str:
+    notes = notes or {}
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     status = study.trials["status"].value_counts().to_dict() if len(study.trials) else {}
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>depmicro study {h.escape(study.name)}</title>",
@@ -156,16 +215,20 @@ def _html(study: StudyRuns, res: pd.DataFrame, summ: pd.DataFrame, comp: pd.Data
              "<p class='muted'>mean ± sample std over held-out-mask seeds; best per dataset and metric in bold "
              "(higher is better for PCC/cos, lower for RMSE/MAE).</p>",
              tables.html(summ),
+             _note_html(notes.get("test", "")),
              *(["<p class='muted'>search configurations (settings that differ between trials):</p>", _frame_html(cfgs)]
                if len(cfgs) else []),
              "<h2>Paired comparisons over seeds</h2>",
              "<p class='muted'>each arm minus the reference on the same seeds: paired t-test, Wilcoxon signed-rank, "
              "Cohen's d<sub>z</sub>, 95 % t-interval of the mean difference, Holm-corrected t-test p (per metric). "
              "Arms with fewer than two shared seeds are left out here (comparisons.csv has them).</p>",
+             _note_html(notes.get("comparisons", "")),
              _frame_html(comp[comp["n_pairs"] >= 2]),
+             *_claims_html(claims_tab),
              "<h2>Hyperparameter importance</h2>",
              f"<p class='muted'>Optuna fANOVA (normalized to sum 1) over trials that finished or were stopped early by ASHA, "
              f"target {h.escape(target)}; needs at least {importance.MIN_TRIALS} such trials per dataset.</p>",
+             _note_html(notes.get("importance", "")),
              _frame_html(imp)]
     if inf is not None and len(inf):
         parts += ["<h2>Inference settings: Pareto front</h2>",
@@ -179,6 +242,7 @@ def _html(study: StudyRuns, res: pd.DataFrame, summ: pd.DataFrame, comp: pd.Data
                   "configuration picked for being high is biased upward (winner's curse); the gap is that bias, measured.</p>",
                   _frame_html(conf)]
     parts += ["<h2>Figures</h2>"]
+    parts += [note for key, note in notes.items() if key.startswith("sweep:") for note in [_note_html(f"{key[6:]} sweep: {note}")]]
     parts += [_img(p, c) for p, c in figs] or ["<p class='muted'>no figures (no per-microbe artifacts)</p>"]
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -21,6 +21,7 @@ from depmicro.core.model.config import ModelConfig, config_to_dict
 from depmicro.studies.schema import (ARTIFACT_PER_MICROBE, FINISHED, KIND_BASELINE, KIND_STUDY, KIND_TRIAL, TAG_PARENT,
                                      TAG_PREFIX, check_tracking_uri, default_tracking_uri, experiment_name, run_filter,
                                      sqlite_path, tag_column)
+from depmicro.studies.spec import BASE_ARM
 
 
 @dataclass
@@ -61,6 +62,9 @@ def base_arms(study: StudyRuns) -> list[str]:
     defaults = config_to_dict(ModelConfig())
     out = []
     for label in sorted(study.trials["label"].dropna().unique()):
+        if label == BASE_ARM:  # the spec collapsed the arms repeating the base configuration into this one
+            out.insert(0, label)
+            continue
         if "=" not in label:
             continue
         key, value = label.split("=", 1)

@@ -11,7 +11,7 @@ import ray
 import torch
 
 from depmicro.core.data import check_same_taxa, load_dataset
-from depmicro.core.data.evaluation import make_split, training_view
+from depmicro.core.data.evaluation import make_split, protocol_matrix, training_view
 from depmicro.core.data.synthetic import make_synthetic
 from depmicro.core.deps import cached_dep_stats
 from depmicro.core.errors import DepmicroError
@@ -61,8 +61,8 @@ def prepare_data(spec: StudySpec, cache_dir: Path, log=print) -> SharedData:
     for key in spec.data_keys:
         name, seed = split_data_key(key)
         data = datasets[name]
-        Y = data.normalized
-        splits[key] = make_split(Y, seed=seed, test_ratio=spec.test_ratio, val_ratio=spec.val_ratio)
+        splits[key] = make_split(data.counts, seed=seed, test_ratio=spec.test_ratio, val_ratio=spec.val_ratio)
+        Y = protocol_matrix(data.counts, splits[key], spec.protocol)
         if need:
             t0 = time.perf_counter()
             deps[key] = cached_dep_stats(training_view(Y, splits[key]), cache_dir=cache_dir, var_names=data.var_names)
@@ -105,7 +105,7 @@ def warm_vae(spec: StudySpec, shared: SharedData, log=print) -> None:
     for key in spec.data_keys:
         name, _ = split_data_key(key)
         data, split = shared.datasets[name], shared.splits[key]
-        view, obs = training_view(data.normalized, split), split.observed
+        view, obs = training_view(protocol_matrix(data.counts, split, spec.protocol), split), split.observed
         plan[key] = []
         for arm in spec.arms:
             for r in range(spec.replicates):

@@ -31,7 +31,7 @@ from ray import tune
 
 from depmicro.cluster.connect import connect
 from depmicro.core.data.baselines import impute_with_baseline
-from depmicro.core.data.evaluation import evaluate, per_microbe_pcc
+from depmicro.core.data.evaluation import evaluate, per_microbe_pcc, protocol_matrix
 from depmicro.core.errors import DepmicroError
 from depmicro.core.io.atomic import atomic_write_text
 from depmicro.studies import confirm_phase, provenance, schema, tracking, tuner
@@ -136,7 +136,7 @@ def _run_baselines(spec: StudySpec, shared: SharedData, tracking_uri: str, exp_i
             if done and done[0].info.status == "FINISHED":
                 continue
             data, split = shared.datasets[name], shared.splits[key]
-            Y = data.normalized
+            Y = protocol_matrix(data.counts, split, spec.protocol)
             filled, seconds = impute_with_baseline(method, Y, split.observed, seed=seed)
             metrics = evaluate(Y, filled, split.test)
             metrics["seconds"] = seconds

@@ -17,7 +17,7 @@ from typing import Any
 
 from depmicro.core.data.baselines import BASELINES
 from depmicro.core.data.dataset import peek_dataset
-from depmicro.core.data.evaluation import METRICS, direction
+from depmicro.core.data.evaluation import METRICS, PROTOCOLS, direction
 from depmicro.core.errors import DepmicroError
 from depmicro.core.io.safe_yaml import load_yaml
 from depmicro.core.model.config import ModelConfig, config_from_dict, config_to_dict
@@ -29,11 +29,12 @@ PARAM_TYPES = ("uniform", "loguniform", "int", "choice", "grid")
 SEARCH_ALGORITHMS = ("optuna", "random", "grid")
 SCHEDULERS = ("asha", "none")
 TOP_KEYS = (
-    "name", "description", "datasets", "seeds", "test_ratio", "val_ratio", "base_config", "search_space", "ablate",
+    "name", "description", "datasets", "seeds", "test_ratio", "val_ratio", "protocol", "base_config", "search_space", "ablate",
     "search", "scheduler", "num_samples", "max_concurrent_trials", "resources_per_trial", "replicates", "metric",
     "mode", "baselines", "max_failures", "inference", "time_budget", "max_trial_seconds",
     "warm_start", "confirm",
 )
+BASE_ARM = "base"  # the one arm of an ablation that repeats the base configuration
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _MAX_VALIDATED_COMBOS = 4096
 
@@ -88,6 +89,7 @@ class StudySpec:
     seeds: list[int] = field(default_factory=lambda: [0])
     test_ratio: float = 0.1
     val_ratio: float = 0.1
+    protocol: str = "paper"  # paper | renormalized (core.data.evaluation.protocol_matrix), fixed per study
     base_config: dict = field(default_factory=dict)   # ModelConfig overrides (file merged with inline)
     search_space: dict[str, Param] = field(default_factory=dict)
     ablate: dict[str, list] = field(default_factory=dict)  # one factor at a time: field -> values
@@ -119,10 +121,23 @@ class StudySpec:
 
     @property
     def arms(self) -> dict[str, dict]:
-        """Ablation arms, label -> overrides; a search study has the single arm "search"."""
+        """Ablation arms, label -> overrides; a search study has the single arm "search".
+
+        Values equal to the base configuration's (vae_pretrain=true when the base pretrains) would
+        train the same model with the same seeds once per factor; they collapse into one arm, "base"."""
         if not self.ablate:
             return {"search": {}}
-        return {f"{k}={_label(v)}": {k: v} for k, vals in self.ablate.items() for v in vals}
+        from depmicro.core.model.config import config_from_dict
+
+        base = config_from_dict(self.base_config)
+        out: dict[str, dict] = {}
+        for k, vals in self.ablate.items():
+            for v in vals:
+                if config_from_dict({**self.base_config, k: v}) == base:
+                    out.setdefault(BASE_ARM, {})
+                else:
+                    out[f"{k}={_label(v)}"] = {k: v}
+        return out
 
     def dataset(self, name: str) -> DatasetSpec:
         for d in self.datasets:
@@ -202,10 +217,14 @@ def spec_from_dict(raw: Any, base_dir: str | os.PathLike = ".", source: str | No
     if not (0 < test_ratio < 1 and 0 < val_ratio < 1 and test_ratio + val_ratio < 1):
         raise DepmicroError(f"test_ratio and val_ratio must be in (0, 1) with a sum < 1, not {test_ratio}/{val_ratio}")
 
+    protocol = raw.get("protocol", "paper")
+    if protocol not in PROTOCOLS:
+        raise DepmicroError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
+
     base = _base_config(raw.get("base_config", {}), base_dir)
-    base["test_ratio"], base["val_ratio"] = test_ratio, val_ratio
+    base["test_ratio"], base["val_ratio"], base["protocol"] = test_ratio, val_ratio, protocol
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    reserved = {"test_ratio", "val_ratio"}  # set by the study, not searched: the protocol is fixed per study
+    reserved = {"test_ratio", "val_ratio", "protocol"}  # set by the study, not searched: the protocol is fixed per study
 
     search_space = _search_space(raw.get("search_space") or {}, fields - reserved)
     _check_param_types(search_space)
@@ -250,7 +269,7 @@ def spec_from_dict(raw: Any, base_dir: str | os.PathLike = ".", source: str | No
     confirm = parse_confirm(raw.get("confirm"), seeds)
 
     spec = StudySpec(
-        name=name, datasets=datasets, seeds=seeds, test_ratio=test_ratio, val_ratio=val_ratio, base_config=base,
+        name=name, datasets=datasets, seeds=seeds, test_ratio=test_ratio, val_ratio=val_ratio, protocol=protocol, base_config=base,
         search_space=search_space, ablate=ablate, search=algorithm, search_seed=search_seed, scheduler=scheduler,
         num_samples=num_samples, max_concurrent_trials=max_conc, resources=resources, replicates=replicates,
         metric=metric, mode=mode, baselines=baselines, max_failures=max_failures, description=description, source=source,
@@ -279,7 +298,7 @@ def spec_from_state(d: Any) -> StudySpec:
     try:
         raw = {
             "name": d["name"], "datasets": d["datasets"], "seeds": d["seeds"], "test_ratio": d["test_ratio"],
-            "val_ratio": d["val_ratio"], "base_config": d["base_config"], "search_space": d["search_space"],
+            "val_ratio": d["val_ratio"], "protocol": d.get("protocol", "paper"), "base_config": d["base_config"], "search_space": d["search_space"],
             "ablate": d["ablate"], "search": {"algorithm": d["search"], "seed": d["search_seed"]},
             "scheduler": d["scheduler"], "num_samples": d["num_samples"],
             "max_concurrent_trials": d["max_concurrent_trials"], "resources_per_trial": d["resources"],
@@ -296,7 +315,7 @@ def spec_from_state(d: Any) -> StudySpec:
     except KeyError as exc:
         raise DepmicroError(f"spec has no {exc.args[0]!r}") from None
     if isinstance(raw["base_config"], dict):
-        raw["base_config"] = {k: v for k, v in raw["base_config"].items() if k not in ("test_ratio", "val_ratio")}
+        raw["base_config"] = {k: v for k, v in raw["base_config"].items() if k not in ("test_ratio", "val_ratio", "protocol")}
     if isinstance(raw["datasets"], list):
         raw["datasets"] = [{k: v for k, v in x.items() if v not in (None, [], {})} if isinstance(x, dict) else x
                            for x in raw["datasets"]]
@@ -502,7 +521,7 @@ def _search_space(v: Any, fields: set[str]) -> dict[str, Param]:
     for key, d in v.items():
         what = f"search_space.{key}"
         if key not in fields:
-            hint = " (set by the study's test_ratio/val_ratio)" if key in ("test_ratio", "val_ratio") else ""
+            hint = " (set by the study's test_ratio/val_ratio/protocol)" if key in ("test_ratio", "val_ratio", "protocol") else ""
             raise DepmicroError(f"{what}: not a searchable ModelConfig field{hint}")
         if isinstance(d, list):
             d = {"type": "choice", "values": d}

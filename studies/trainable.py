@@ -31,7 +31,7 @@ import ray
 import torch
 from ray import tune
 
-from depmicro.core.data.evaluation import METRICS, better, per_microbe_pcc
+from depmicro.core.data.evaluation import METRICS, better, per_microbe_pcc, protocol_matrix
 from depmicro.core.model.bundle import save_model
 from depmicro.core.model.config import ModelConfig, config_from_dict
 from depmicro.core.train import fit
@@ -201,7 +201,7 @@ def train_trial(config: dict, shared: SharedData) -> None:
             shutil.rmtree(restore_dir, ignore_errors=True)
 
     # test metrics: fit imputed once with the best-validation model and scored test from it
-    Y, filled, test = data.normalized, res.filled, res.test
+    Y, filled, test = protocol_matrix(data.counts, split, cfg.protocol), res.filled, res.test
     per_test = per_microbe_pcc(Y, filled, split.test)
     per_val = per_microbe_pcc(Y, filled, split.val) if split.val.any() else np.full(Y.shape[1], np.nan)
 

@@ -6,6 +6,7 @@ import argparse
 
 from depmicro.core.cli.common import add_command, data_args, ratio
 from depmicro.core.data.baselines import BASELINES
+from depmicro.core.data.evaluation import PROTOCOLS
 
 
 def _cmd_data(args: argparse.Namespace) -> dict:
@@ -17,15 +18,15 @@ def _cmd_data(args: argparse.Namespace) -> dict:
 def _cmd_baseline(args: argparse.Namespace) -> dict:
     from depmicro.core.data.baselines import impute_with_baseline, make_baseline
     from depmicro.core.data import load_dataset
-    from depmicro.core.data.evaluation import evaluate, make_split
+    from depmicro.core.data.evaluation import evaluate, make_split, protocol_matrix
 
     make_baseline(args.method)  # validates the name before reading data
     ds = load_dataset(args.path, orientation=args.orientation)
-    Y = ds.normalized
-    split = make_split(Y, seed=args.seed, test_ratio=args.test_ratio, val_ratio=args.val_ratio)
+    split = make_split(ds.counts, seed=args.seed, test_ratio=args.test_ratio, val_ratio=args.val_ratio)
+    Y = protocol_matrix(ds.counts, split, args.protocol)
     filled, seconds = impute_with_baseline(args.method, Y, split.observed, seed=args.seed)
     metrics = evaluate(Y, filled, split.test)
-    return {"dataset": ds.name, "method": args.method, "seed": args.seed, **metrics, "seconds": round(seconds, 3)}
+    return {"dataset": ds.name, "method": args.method, "seed": args.seed, "protocol": args.protocol, **metrics, "seconds": round(seconds, 3)}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,3 +43,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out masks (and of the imputer)")
     p.add_argument("--test-ratio", type=ratio, default=0.1, help="fraction of nonzero entries held out for test")
     p.add_argument("--val-ratio", type=ratio, default=0.1, help="fraction of the remaining nonzero entries held out for validation")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="paper", help="paper: normalize, then hold out; renormalized: hold out "
+                   "on the counts, normalize each row over its observed entries (README, evaluation protocol)")

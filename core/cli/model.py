@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from depmicro.core.cli.common import add_command
+from depmicro.core.data.evaluation import PROTOCOLS
 from depmicro.core.errors import DepmicroError
 from depmicro.core.io.outputs import MODEL_KIND, check_output
 
@@ -24,17 +25,19 @@ def _cmd_train(args: argparse.Namespace) -> dict:
     overrides = list(args.set or [])
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
+    if args.protocol is not None:
+        overrides.append(f"protocol={args.protocol}")
     cfg = load_config(args.config, overrides)
     out = check_output(args.out, directory=MODEL_KIND, inputs=(args.config, args.data, args.metadata, *(args.pretrain or [])))
     ds = load_dataset(args.data, metadata=args.metadata)
     pretrain = [load_dataset(p) for p in (args.pretrain or [])]
     if pretrain:
         check_same_taxa([ds, *pretrain])
-    split = make_split(ds.normalized, seed=cfg.seed, test_ratio=cfg.test_ratio, val_ratio=cfg.val_ratio)
+    split = make_split(ds.counts, seed=cfg.seed, test_ratio=cfg.test_ratio, val_ratio=cfg.val_ratio)
     res = fit(cfg, ds, split, pretrain=pretrain, progress=sys.stderr.isatty())
     save_model(res.imputer, out)
     return {"val": res.val, "test": res.test, "seconds": round(res.seconds, 3), "epochs": res.epochs,
-            "dataset": ds.name, "seed": cfg.seed, "model": str(out)}
+            "dataset": ds.name, "seed": cfg.seed, "protocol": cfg.protocol, "model": str(out)}
 
 
 def _write_table(path: Path, values, obs_names, var_names, observed) -> None:
@@ -109,6 +112,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pretrain", nargs="*", default=[], help="other data sets with the same taxa for VAE pretraining")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
     p.add_argument("--seed", type=int, help="seed of the model and of the held-out masks (overrides the config)")
+    p.add_argument("--protocol", choices=PROTOCOLS, help="paper: normalize, then hold out; renormalized: hold out on the counts, "
+                   "normalize each row over its observed entries (overrides the config)")
     p.add_argument("--out", required=True, help="model directory to write (built aside, then renamed into place)")
     p.set_defaults(command="train")
 

@@ -1,6 +1,13 @@
 """The evaluation protocol: seeded held-out masks over nonzero entries, and metrics computed on
 held-out entries only, in the normalized log space.
 
+Two protocols decide that space (`protocol_matrix`). `paper` normalizes each row over all its
+entries before anything is held out (the paper's Eq. 10-11), so the observed entries of a row fix
+the total mass of its held-out ones. `renormalized` holds entries out on the counts and normalizes
+each row over its observed entries only; the truth of a held-out entry is its count on that same
+observed-renormalized scale, log10(100 * count / observed rowsum + 1), so nothing a model sees
+depends on a held-out value.
+
 Every imputer, classical or diffusion, is scored through `evaluate`, so numbers are comparable.
 This module is the one home of metric names and their directions: training's checkpoint
 selection, study search modes, MLflow keys and the analysis tables all read METRICS,
@@ -20,6 +27,7 @@ METRICS = ("pcc_per_microbe", "pcc", "cos", "rmse", "mae")  # scores: what valid
 COUNTS = ("n_microbes", "n_heldout")  # sizes evaluate() also returns (not scores, never selected on)
 METRIC_NAMES = ("pcc", "cos", "rmse", "mae", "pcc_per_microbe", *COUNTS)  # evaluate()'s keys, in its order
 LOWER_IS_BETTER = frozenset({"rmse", "mae"})  # every other metric in METRICS is maximised
+PROTOCOLS = ("paper", "renormalized")
 MIN_HELDOUT_PER_MICROBE = 5
 
 
@@ -82,6 +90,28 @@ def training_view(Y: np.ndarray, split: Split) -> np.ndarray:
     out = np.array(Y, dtype=np.float64, copy=True)
     out[~split.observed] = np.nan
     return out
+
+
+def protocol_matrix(counts: np.ndarray, split: Split, protocol: str = "paper") -> np.ndarray:
+    """The (n, D) matrix a protocol scores on; its observed part (training_view) is what models see.
+
+    `renormalized`: row i is scaled by the sum of its observed counts only. A row whose nonzero
+    entries were all held out has no observed mass to set a scale; its held-out truth falls back to
+    the whole row's sum (its view is all zeros either way, so nothing leaks).
+    """
+    from depmicro.core.data.dataset import normalize
+
+    if protocol not in PROTOCOLS:
+        raise DepmicroError(f"unknown protocol {protocol!r} (choose from {', '.join(PROTOCOLS)})")
+    counts = np.asarray(counts, dtype=np.float64)
+    if split.test.shape != counts.shape:
+        raise DepmicroError(f"split masks {split.test.shape} do not match the data {counts.shape}")
+    if protocol == "paper":
+        return normalize(counts)
+    obs_sum = np.where(split.observed, counts, 0.0).sum(axis=1, keepdims=True)
+    scale = np.where(obs_sum > 0, obs_sum, counts.sum(axis=1, keepdims=True))
+    rel = np.divide(100.0 * counts, scale, out=np.zeros_like(counts), where=scale > 0)
+    return np.log10(rel + 1.0)
 
 
 def _pcc(a: np.ndarray, b: np.ndarray) -> float:

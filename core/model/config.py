@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any, Sequence
 
-from depmicro.core.data.evaluation import METRICS
+from depmicro.core.data.evaluation import METRICS, PROTOCOLS
 from depmicro.core.errors import DepmicroError
 from depmicro.core.io.safe_yaml import load_yaml
 
@@ -67,6 +67,7 @@ class ModelConfig:
     mixed_precision: str = "auto"  # no | bf16 | auto (bf16 on GPU only)
     test_ratio: float = 0.1
     val_ratio: float = 0.1
+    protocol: str = "paper"        # paper | renormalized: the space held-out entries are scored in (evaluation.protocol_matrix)
 
     @property
     def uses_dep_mask(self) -> bool:
@@ -96,6 +97,7 @@ _CHOICES = {
     "mixed_precision": ("no", "bf16", "auto"),
     "val_metric": METRICS,
     "eps_head": ("x0", "direct"),
+    "protocol": PROTOCOLS,
 }
 _POSITIVE = ("latent_dim", "vae_hidden", "hidden_dim", "n_layers", "n_heads", "timesteps", "sampling_fraction",
              "infer_ar_steps", "n_impute_samples", "epochs", "batch_size", "val_every", "mlp_ratio", "lr", "vae_lr")

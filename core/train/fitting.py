@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from depmicro.core.data import Dataset, check_same_taxa
-from depmicro.core.data.evaluation import Split, better, evaluate, training_view
+from depmicro.core.data.evaluation import Split, better, evaluate, protocol_matrix, training_view
 from depmicro.core.deps import cached_dep_stats, dependency_mask
 from depmicro.core.errors import DepmicroError
 from depmicro.core.model.ar import token_rank
@@ -75,9 +75,9 @@ def fit(cfg: ModelConfig, data: Dataset, split: Split, *, pretrain: Sequence[Dat
     the checkpoint and neither is read.
     """
     t_start = time.perf_counter()
-    Y = data.normalized
-    if split.test.shape != Y.shape:
-        raise DepmicroError(f"split masks {split.test.shape} do not match the data {Y.shape}")
+    if split.test.shape != data.counts.shape:
+        raise DepmicroError(f"split masks {split.test.shape} do not match the data {data.counts.shape}")
+    Y = protocol_matrix(data.counts, split, cfg.protocol)
     if pretrain:
         check_same_taxa([data, *pretrain])
         if any(p.name == data.name and p.counts.shape == data.counts.shape and np.array_equal(p.counts, data.counts) for p in pretrain):

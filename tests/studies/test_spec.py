@@ -44,11 +44,31 @@ def test_paper_sweep_and_ablations_parse():
 
     abl = load_spec(STUDIES / "ablations.yaml")
     assert abl.search == "grid" and abl.scheduler.type == "none" and len(abl.seeds) >= 5
-    arms = set(abl.arms)
-    assert {"dep_mask_mode=paper", "dep_mask_mode=restrict", "dep_mask_mode=off", "vae_pretrain=true",
-            "vae_pretrain=false", "use_metadata=true", "use_metadata=false", "ar_decay=0.7", "ar_decay=0.8",
-            "ar_decay=0.9", "ar_decay=1.0"} == arms
+    arms = set(abl.arms)  # restrict, pretraining, metadata and decay 0.9 are the base: one arm for the four
+    assert {"base", "dep_mask_mode=paper", "dep_mask_mode=off", "vae_pretrain=false", "use_metadata=false",
+            "ar_decay=0.7", "ar_decay=0.8", "ar_decay=1.0"} == arms
     assert abl.n_trials() == len(arms) * 3 * len(abl.seeds)
+
+
+def test_protocol_is_a_study_key_that_reaches_every_trial_config():
+    from depmicro.studies.trainable import resolve_trial
+
+    raw = _quick()
+    raw["protocol"] = "renormalized"
+    spec = spec_from_dict(raw)
+    assert spec.protocol == "renormalized" and spec_from_json(spec.to_dict()).protocol == "renormalized"
+    assert resolve_trial(spec, {"data": spec.data_keys[0], "arm": "search", "replicate": 0}).config.protocol == "renormalized"
+    assert spec_from_dict(_quick()).protocol == "paper"
+
+
+def test_ablations_small_has_the_same_factors_and_runs_the_base_once():
+    tcma_path("stad")
+    small, full = load_spec(STUDIES / "ablations_small.yaml"), load_spec(STUDIES / "ablations.yaml")
+    assert small.ablate == full.ablate and set(small.arms) == set(full.arms)
+    assert list(small.arms).count("base") == 1 and len(small.arms) == 8  # 11 values, 4 of them the base's
+    assert small.seeds == [0, 1, 2, 3, 4] and {d.name for d in small.datasets} == {"stad", "coad", "hnsc"}
+    assert small.n_trials() == 8 * 3 * 5
+    assert small.resources.gpu == 0 and small.base_config["epochs"] <= full.base_config.get("epochs", 300)
 
 
 def test_tune_mapping_of_each_search_kind():
@@ -128,6 +148,8 @@ def _bad_cases() -> dict[str, tuple[dict, str]]:
         "combination invalid": (ss(hidden_dim={"type": "choice", "values": [64, 68]}, n_heads={"type": "choice", "values": [4, 8]}),
                                 "hidden_dim=68, n_heads=8: config hidden_dim (68) must be divisible by n_heads (8)"),
         "test_ratio searched": (ss(test_ratio={"type": "uniform", "low": 0.1, "high": 0.2}), "set by the study"),
+        "unknown protocol": (q(protocol="leaky"), "protocol must be one of paper, renormalized"),
+        "protocol searched": (ss(protocol={"type": "choice", "values": ["paper", "renormalized"]}), "set by the study"),
         "grid with optuna": (ss(lr={"type": "grid", "values": [1e-3, 1e-4]}), "type grid needs search: grid or random"),
         "ablate with optuna": (q(ablate={"n_layers": [1, 2]}), "ablate needs search: grid"),
         "unknown search": (q(search="bayes"), "search algorithm must be one of"),

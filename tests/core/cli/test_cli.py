@@ -37,6 +37,17 @@ def test_baseline_json_has_the_metric_names(capsys):
     assert 0.6 < res["pcc"] < 0.95
 
 
+def test_baseline_protocols_share_the_masks_and_differ_in_scale(capsys):
+    got = {}
+    for protocol in ("paper", "renormalized"):
+        code, out, _ = run(capsys, "baseline", str(tcma_path("stad")), "--method", "mean", "--protocol", protocol, "--json")
+        assert code == 0
+        got[protocol] = json.loads(out)
+    assert got["renormalized"]["protocol"] == "renormalized"
+    assert got["paper"]["n_heldout"] == got["renormalized"]["n_heldout"]
+    assert got["paper"]["rmse"] != got["renormalized"]["rmse"]
+
+
 def _bad_inputs(tmp):
     def w(name, data, mode="w"):
         p = tmp / name

@@ -3,7 +3,9 @@ import pytest
 from scipy.stats import pearsonr
 
 from depmicro.core.errors import DepmicroError
-from depmicro.core.data.evaluation import evaluate, make_split, per_microbe_pcc, training_view
+from depmicro.core.data import normalize
+from depmicro.core.data.baselines import BASELINES, impute_with_baseline
+from depmicro.core.data.evaluation import Split, evaluate, make_split, per_microbe_pcc, protocol_matrix, training_view
 
 
 def _toy(seed=0, n=200, d=12):
@@ -84,3 +86,64 @@ def test_metric_directions_have_one_home():
     assert better("mae", 0.5, None) and better("mae", 0.5, float("nan")) and not better("pcc", float("nan"), None)
     with pytest.raises(DepmicroError, match="unknown metric"):
         direction("auc")
+
+
+# --- protocols ---------------------------------------------------------------------------------
+
+def _counts_and_split(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    counts = np.round(rng.gamma(1.5, 40.0, size=(50, 9))) * (rng.random((50, 9)) < 0.6)
+    counts[:, 0] += 3  # no empty rows
+    return counts, make_split(counts, seed=seed, test_ratio=0.2, val_ratio=0.1)
+
+
+def _poisoned(counts, split):
+    out = counts.copy()
+    out[~split.observed] = np.random.default_rng(9).integers(1, 10**6, size=(~split.observed).sum())
+    return out
+
+
+def test_split_on_counts_equals_split_on_normalized_values():
+    counts, split = _counts_and_split()
+    assert make_split(normalize(counts), seed=0, test_ratio=0.2, val_ratio=0.1).fingerprint() == split.fingerprint()
+
+
+def test_renormalized_scale_is_the_observed_rowsum():
+    counts, split = _counts_and_split()
+    R = protocol_matrix(counts, split, "renormalized")
+    obs_sum = np.where(split.observed, counts, 0).sum(axis=1)
+    i, j = np.argwhere(split.test)[0]
+    assert R[i, j] == pytest.approx(np.log10(100 * counts[i, j] / obs_sum[i] + 1))
+    # observed entries: the row renormalized over its observed entries alone (sum of relative abundances 100)
+    rel = 10 ** np.where(split.observed, R, 0) - 1
+    np.testing.assert_allclose(np.where(split.observed, rel, 0).sum(axis=1), 100.0)
+    np.testing.assert_array_equal(protocol_matrix(counts, split, "paper"), normalize(counts))
+    with pytest.raises(DepmicroError, match="unknown protocol 'loo'"):
+        protocol_matrix(counts, split, "loo")
+
+
+def test_renormalized_row_with_everything_held_out_falls_back_to_its_own_sum():
+    counts = np.array([[5.0, 0.0, 5.0], [1.0, 1.0, 2.0]])
+    split = Split(test=np.array([[True, False, True], [False, False, False]]), val=np.zeros((2, 3), bool),
+                  seed=0, test_ratio=0.5, val_ratio=0.0)
+    R = protocol_matrix(counts, split, "renormalized")
+    np.testing.assert_allclose(R[0], normalize(counts)[0])
+
+
+def test_renormalized_view_does_not_depend_on_held_out_counts_paper_view_does():
+    """The leak the renormalized protocol closes: under paper, a held-out count moves the observed values."""
+    counts, split = _counts_and_split()
+    poisoned = _poisoned(counts, split)
+    view = lambda c, p: training_view(protocol_matrix(c, split, p), split)  # noqa: E731
+    np.testing.assert_array_equal(view(counts, "renormalized"), view(poisoned, "renormalized"))
+    assert not np.allclose(np.nan_to_num(view(counts, "paper")), np.nan_to_num(view(poisoned, "paper")))
+
+
+@pytest.mark.parametrize("method", BASELINES)
+def test_renormalized_baselines_see_nothing_of_held_out_counts(method):
+    counts, split = _counts_and_split(1)
+    outs = []
+    for c in (counts, _poisoned(counts, split)):
+        Y = protocol_matrix(c, split, "renormalized")
+        outs.append(impute_with_baseline(method, Y, split.observed, seed=0)[0])
+    np.testing.assert_array_equal(outs[0], outs[1])

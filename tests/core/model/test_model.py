@@ -14,7 +14,7 @@ from depmicro.core.data import Dataset
 from depmicro.core.model.imputer import DepMicroDiffImputer
 from depmicro.core.errors import DepmicroError
 from depmicro.core.model.ar import gather_index, step_attention
-from depmicro.core.data.evaluation import make_split, training_view
+from depmicro.core.data.evaluation import make_split, protocol_matrix, training_view
 from depmicro.core.diffusion.loss import epsilon_loss
 from depmicro.core.train import fit
 
@@ -118,6 +118,26 @@ def test_fit_never_reads_heldout_values(monkeypatch):
     assert np.isnan(Y_view[~split.observed]).all() and not np.isnan(Y_view[split.observed]).any()
     np.testing.assert_array_equal(observed, split.observed)
     assert set(res.test) >= {"pcc", "pcc_per_microbe", "rmse"} and res.epochs == 1
+
+
+def test_renormalized_fit_sees_nothing_of_held_out_counts():
+    """Under protocol renormalized, changing test counts changes neither the trained weights (selected on
+    validation over two epochs) nor the imputation (only the test truth, so the test metrics, move).
+    Validation counts are held out too but select the checkpoint by design, under either protocol."""
+    ds = small_dataset()
+    split = make_split(ds.counts, seed=1)
+    poisoned = Dataset(counts=ds.counts.copy(), obs_names=ds.obs_names, var_names=ds.var_names, name="small")
+    poisoned.counts[split.test] = np.random.default_rng(3).integers(1, 10**5, size=split.test.sum())
+    outs = []
+    for d in (ds, poisoned):
+        res = fit(cfg_of(protocol="renormalized", epochs=2, dep_mask_mode="restrict"), d, split)  # dependency stats too
+        view = training_view(protocol_matrix(d.counts, split, "renormalized"), split)
+        torch.manual_seed(0)
+        outs.append((res.imputer.impute(view, split.observed), {k: v.clone() for k, v in res.imputer.net.state_dict().items()}, res.test))
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    for k in outs[0][1]:
+        assert torch.equal(outs[0][1][k], outs[1][1][k]), k
+    assert outs[0][2]["rmse"] != outs[1][2]["rmse"]  # the truth did change: the poison reached the scorer only
 
 
 def test_ar_causality():
