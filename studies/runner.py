@@ -155,6 +155,7 @@ def run_study(path: str | os.PathLike, address: str | None = None, tracking_uri:
     spec = load_spec(path)  # before anything starts: a bad file costs a second
     tracking_uri = schema.check_tracking_uri(schema.normalize_tracking_uri(tracking_uri or schema.default_tracking_uri()))
     storage = storage_root(storage)
+    points = warm_points(spec, tracking_uri) if spec.warm_start else None  # refuse before anything is created
     with study_lock(storage, spec.name):
         exp = storage / spec.name
         if tune.Tuner.can_restore(str(exp)):
@@ -165,7 +166,6 @@ def run_study(path: str | os.PathLike, address: str | None = None, tracking_uri:
         if exp_obj is not None and tracking.find_runs(client, exp_obj.experiment_id, spec.name, schema.KIND_TRIAL):
             raise DepmicroError(f"MLflow at {tracking_uri} already holds trials of study {spec.name!r}; "
                                 "resume it or give the study another name")
-        points = warm_points(spec, tracking_uri) if spec.warm_start else None  # refuse before anything is created
         spec_text = Path(path).read_text()
         exp_id, parent = tracking.start_study(spec, tracking_uri, spec_text)
         if points:

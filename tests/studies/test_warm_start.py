@@ -11,11 +11,24 @@ from depmicro.core.cli import main
 from depmicro.core.errors import DepmicroError
 from depmicro.studies.spec import spec_from_dict
 from depmicro.studies.warm_start import warm_points
-from tests.mlflow_study import logged_study  # noqa: F401  (fixture)
+from tests.mlflow_study import logged_study as shared_study  # noqa: F401  (fixture)
 
 # tests/mlflow_study.py: mean best_val_pcc_per_microbe over its 6 trials per arm is 0.655 for
 # ar_decay 0.9, 0.645 for 0.7 (its single luckiest trial, 0.91, is an 0.7 one) and 0.535 for 0.5
 EARLIER_BEST = [0.9, 0.7, 0.5]
+
+
+@pytest.fixture
+def logged_study(shared_study, tmp_path) -> dict:
+    """A private copy of the session's store: a refused `study run` still opens it (WAL mode), and the
+    bad-input tests snapshot the shared one byte for byte."""
+    import sqlite3
+
+    src = shared_study["tracking_uri"].removeprefix("sqlite:///")
+    dst = tmp_path / "warm_store.db"
+    with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
+        a.backup(b)
+    return {**shared_study, "tracking_uri": f"sqlite:///{dst}"}
 
 
 def _raw(low: float = 0.4, top_k: int = 2, **top) -> dict:
