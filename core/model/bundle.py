@@ -75,7 +75,11 @@ def load_model(directory: str | os.PathLike, device: str = "cpu"):
         raise DepmicroError(f"{d}: no such model directory")
     if (d / MANIFEST).exists():
         verify_manifest(d)
-    cfg = config_from_dict(_read_json(d, "config.json"))
+    cfg_dict = _read_json(d, "config.json")
+    # bundles written before `estimate` existed returned the median of n_impute_samples draws (one draw when n = 1);
+    # they keep doing so, so an old bundle imputes exactly what it did when it was written
+    cfg_dict.setdefault("estimate", "median")
+    cfg = config_from_dict(cfg_dict)
     taxa = _read_json(d, "taxa.json")
     norm = _read_json(d, "normalization.json")
     meta = _read_json(d, "metadata_encoder.json")
