@@ -74,6 +74,11 @@ def test_shipped_configs_load():
     root = Path(__file__).resolve().parents[3] / "studies" / "configs"
     tiny, paper = load_config(root / "tiny.yaml"), load_config(root / "paper.yaml")
     assert paper.timesteps == 1000 and paper.hidden_dim > tiny.hidden_dim
+    small = load_config(root / "small.yaml")
+    from depmicro.core.train.vae_phase import vae_settings
+
+    assert vae_settings(small) == vae_settings(tiny)  # one cached VAE serves both
+    assert small.estimate == "mean" and small.train_steps > 0 and small.ema_decay > 0
 
 
 # --- invariants ----------------------------------------------------------------------------------
