@@ -50,7 +50,10 @@ def run(sets, seeds, config: Path, overrides, pretrain: bool, baselines=BASELINE
                 if projection:
                     rows.append({**rows[-1], "method": f"{method}+mass", **evaluate(Y, project_missing_mass(Y, split.observed, filled), split.test)})
             res = fit(cfg, ds, split, pretrain=others, vae_cache_dir=vae_cache)
+            enc = res.imputer.encoder_impute(training_view(Y, split), split.observed)  # the DAT's floor, same VAE
             rows.append({"dataset": name, "method": "depmicrodiff", "seed": seed, **res.test, "val_pcc_per_microbe": res.val.get("pcc_per_microbe"),
+                         "encoder_val_pcc_per_microbe": evaluate(Y, enc, split.val)["pcc_per_microbe"],
+                         "encoder_test_pcc_per_microbe": evaluate(Y, enc, split.test)["pcc_per_microbe"],
                          "seconds": round(res.seconds, 2), "epochs": res.epochs, "config": config.stem + ("+" + ",".join(overrides) if overrides else ""),
                          "pretrain": [o.name for o in others]})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
