@@ -184,7 +184,7 @@ def train_trial(config: dict, shared: SharedData) -> None:
         d = Path(tempfile.mkdtemp(prefix="depmicro-ckpt-"))
         rep.save_checkpoint(d / "state")
         (d / TRIAL_FILE).write_text(json.dumps({"elapsed": elapsed_before + time.time() - t_start, "best": best}))
-        if rep.epoch >= cfg.epochs:
+        if rep.epoch >= (rep.total_epochs or cfg.epochs):
             pending.update(metrics=metrics, dir=d)
             return None
         try:

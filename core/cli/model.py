@@ -40,8 +40,14 @@ def _cmd_train(args: argparse.Namespace) -> dict:
             "dataset": ds.name, "seed": cfg.seed, "protocol": cfg.protocol, "model": str(out)}
 
 
-def _write_table(path: Path, values, obs_names, var_names, observed) -> None:
-    """Write next to the target and rename, so a failure never leaves half a file."""
+def _std_path(path: Path) -> Path:
+    """Where a CSV/TSV output's per-entry std goes: `x.csv` -> `x.std.csv`."""
+    return path.with_name(f"{path.stem}.std{path.suffix}")
+
+
+def _write_table(path: Path, values, obs_names, var_names, observed, std=None) -> None:
+    """Write next to the target and rename, so a failure never leaves half a file. `std` (same shape)
+    goes into the AnnData layer "std", or for CSV/TSV into `<name>.std<suffix>` beside the output."""
     import numpy as np
     import pandas as pd
 
@@ -50,8 +56,14 @@ def _write_table(path: Path, values, obs_names, var_names, observed) -> None:
         raise DepmicroError(f"{path}: output must end in .h5ad, .csv or .tsv")
     if not path.parent.is_dir():
         raise DepmicroError(f"{path.parent}: output directory does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
+    tmps: list[tuple[str, Path]] = []
+
+    def temp(target: Path) -> str:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=suffix)
+        os.close(fd)
+        tmps.append((tmp, target))
+        return tmp
+
     try:
         if suffix == ".h5ad":
             import anndata as ad
@@ -60,13 +72,20 @@ def _write_table(path: Path, values, obs_names, var_names, observed) -> None:
                                obs=pd.DataFrame(index=[str(s) for s in obs_names]),
                                var=pd.DataFrame(index=[str(v) for v in var_names]))
             adata.layers["observed"] = observed.astype(np.uint8)
+            if std is not None:
+                adata.layers["std"] = np.asarray(std, dtype=np.float64)
             adata.uns["depmicro"] = {"space": "log10(100 * counts / rowsum + 1) (Eq. 10-11)"}
-            adata.write_h5ad(tmp)
+            adata.write_h5ad(temp(path))
         else:
-            pd.DataFrame(values, index=obs_names, columns=var_names).to_csv(tmp, sep="," if suffix == ".csv" else "\t")
-        os.replace(tmp, path)
+            sep = "," if suffix == ".csv" else "\t"
+            pd.DataFrame(values, index=obs_names, columns=var_names).to_csv(temp(path), sep=sep)
+            if std is not None:
+                pd.DataFrame(std, index=obs_names, columns=var_names).to_csv(temp(_std_path(path)), sep=sep)
+        for tmp, target in reversed(tmps):  # the std file first: the main output appears last
+            os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        for tmp, _ in tmps:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 
@@ -98,10 +117,17 @@ def _cmd_impute(args: argparse.Namespace) -> dict:
     observed = ~missing
     # rows are normalized over their observed counts: the mass of the missing entries is unknown
     Y = ds.normalized
-    filled = imp.impute(Y, observed, ds.metadata_text() if imp.cfg.use_metadata else None)
-    _write_table(out, filled, ds.obs_names, ds.var_names, observed)
-    return {"out": str(out), "n_samples": ds.n_samples, "n_taxa": ds.n_taxa, "n_imputed": int(missing.sum()),
-            "seconds": round(time.perf_counter() - t0, 3)}
+    if args.uncertainty is not None and args.uncertainty < 2:
+        raise DepmicroError(f"--uncertainty needs at least 2 draws, not {args.uncertainty}")
+    meta = ds.metadata_text() if imp.cfg.use_metadata else None
+    filled = imp.impute(Y, observed, meta)
+    std = imp.uncertainty(Y, observed, meta, n=args.uncertainty) if args.uncertainty else None
+    _write_table(out, filled, ds.obs_names, ds.var_names, observed, std)
+    res = {"out": str(out), "n_samples": ds.n_samples, "n_taxa": ds.n_taxa, "n_imputed": int(missing.sum()),
+           "estimate": imp.cfg.estimate, "seconds": round(time.perf_counter() - t0, 3)}
+    if std is not None:
+        res["std"] = "layer 'std'" if out.suffix.lower() == ".h5ad" else str(_std_path(out))
+    return res
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -123,4 +149,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metadata", help="per-sample metadata table (first column: sample id)")
     p.add_argument("--out", required=True, help="output .h5ad, .csv or .tsv (normalized space, Eq. 10-11)")
     p.add_argument("--zeros", action="store_true", help="also treat every zero count as missing")
+    p.add_argument("--uncertainty", type=int, nargs="?", const=8, metavar="N",
+                   help="also write each entry's std over N diffusion draws (default 8; 0 on observed entries): "
+                        "AnnData layer 'std', or <out>.std.csv/.tsv beside a CSV/TSV")
     p.set_defaults(command="impute")

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from depmicro.core.model.ar import gather_index, train_steps
+from depmicro.core.model.ar import gather_index, step_attention, train_steps
+from depmicro.core.model.dat import N_COND
 from depmicro.core.model.vae import corrupt
 
 if TYPE_CHECKING:
@@ -49,8 +50,11 @@ def epsilon_loss(imp: DepMicroDiffImputer, y: torch.Tensor, obs: torch.Tensor, m
     noise = torch.randn_like(x0)
     z_noisy = imp.diffusion.q_sample(x0, t, noise)
     z_clean = z_c * cond.float()[..., None] + z0 * target.float()[..., None]  # earlier steps' targets seen clean
-    eps = imp.dat(z_clean, z_noisy, t, x_obs=y, flag=cond, step=step, cond=cond_tok, dep=imp.dep_tensor(),
-                  mode=cfg.dep_mask_mode, noisy_idx=idx, noisy_valid=valid, hint=hint)
+    allow = step_attention(step, N_COND, imp.dep_tensor(), cfg.dep_mask_mode, idx, valid)
+    n_ctx = N_COND + imp.D
+    val, cache = imp.dat.encode_context(z_clean, y, cond, cond_tok, allow[:, :, :n_ctx, :n_ctx])
+    allow_noisy = allow[:, :, n_ctx:, :]
+    eps = imp.dat.denoise(val, cache, z_noisy, t, idx, allow_noisy, hint)
     per_tok = ((eps.float() - noise) ** 2).mean(-1)
     if cfg.min_snr > 0:  # Min-SNR-g / truncated-SNR weighting of the eps loss
         ab = imp.diffusion.alpha_bar.to(dev)[t]
@@ -58,4 +62,11 @@ def epsilon_loss(imp: DepMicroDiffImputer, y: torch.Tensor, obs: torch.Tensor, m
         w = torch.clamp(snr, min=min(cfg.snr_floor, cfg.min_snr), max=cfg.min_snr)
         per_tok = per_tok * w / snr.clamp(min=1e-8)
     vf = valid.float()
-    return (per_tok * vf).sum() / vf.sum().clamp(min=1)
+    loss = (per_tok * vf).sum() / vf.sum().clamp(min=1)
+    if cfg.x0_loss > 0 and t_fixed is None and imp.dat.alpha_bar is not None:
+        # the mean estimate's own regression: x0 from a zero input at t = T - 1 (what impute(estimate=mean) runs),
+        # sharing the context pass; the eps loss alone reaches t near T rarely and weights it by 1/SNR-clamps
+        t_top = torch.full(idx.shape, cfg.timesteps - 1, device=dev, dtype=torch.long)
+        x0_hat = imp.dat.denoise(val, cache, torch.zeros_like(x0), t_top, idx, allow_noisy, hint, return_x0=True)
+        loss = loss + cfg.x0_loss * (((x0_hat.float() - x0) ** 2).mean(-1) * vf).sum() / vf.sum().clamp(min=1)
+    return loss

@@ -123,15 +123,13 @@ def step_attention(step: torch.Tensor, c: int, dep: torch.Tensor | None, mode: s
 
 def gather_index(select: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the column indices where `select` is True, left-aligned and padded: (idx, valid), (B, S)."""
+    select = np.asarray(select, dtype=bool)
     B, D = select.shape
-    S = max(1, int(select.sum(1).max(initial=0)))
-    idx = np.zeros((B, S), dtype=np.int64)
-    valid = np.zeros((B, S), dtype=bool)
-    for b in range(B):
-        cols = np.flatnonzero(select[b])
-        idx[b, : cols.size] = cols
-        valid[b, : cols.size] = True
-    return idx, valid
+    counts = select.sum(1)
+    S = max(1, int(counts.max(initial=0)))
+    order = np.argsort(~select, axis=1, kind="stable")[:, :S]  # selected columns first, in index order
+    valid = np.arange(S)[None, :] < counts[:, None]
+    return np.where(valid, order, 0).astype(np.int64), valid
 
 
 def token_rank(order: str, Y: np.ndarray, observed: np.ndarray, dep_f: np.ndarray | None = None, f_threshold: float = 0.0) -> np.ndarray:
@@ -172,12 +170,37 @@ def _targets_in_order(target: np.ndarray, rank: np.ndarray):
 
 
 def train_steps(target: np.ndarray, rank: np.ndarray, alpha: float, rng: np.random.Generator) -> np.ndarray:
-    """Step ids (B, D) for training: per sample, Algorithm 1 over its target tokens in AR order."""
-    step = np.zeros(target.shape, dtype=np.int64)
-    for b, idx in _targets_in_order(target, rank):
-        sz, cs = ar_steps(idx.size, alpha, rng)
-        for k in range(len(sz)):
-            step[b, idx[cs[k] : cs[k + 1]]] = k + 1
+    """Step ids (B, D) for training: per sample, Algorithm 1 over its target tokens in AR order.
+
+    Vectorized over the batch (this runs every optimizer step): per row, N ~ P(N = n) by inverse CDF,
+    then N - 1 distinct boundaries uniformly from 1..S-1 (the N - 1 smallest of S - 1 random keys),
+    and a target's step is 1 + the number of boundaries at or before its position in AR order.
+    """
+    target = np.asarray(target, dtype=bool)
+    B, D = target.shape
+    if not 0 < alpha <= 1:
+        raise DepmicroError(f"AR decay must be in (0, 1], not {alpha}")
+    S = target.sum(1)
+    step = np.zeros((B, D), dtype=np.int64)
+    if not S.any():
+        return step
+    # position of each target in its row's AR order
+    key = np.where(target, rank[None, :].astype(np.float64), np.inf)
+    order = np.argsort(key, axis=1, kind="stable")  # targets first, by AR rank
+    n = np.ones(B, dtype=np.int64)
+    u = rng.random(B)
+    for s_val in np.unique(S[S > 1]):  # one CDF per distinct target count
+        rows = np.flatnonzero(S == s_val)
+        cdf = np.cumsum(ar_step_probs(int(s_val), alpha))
+        n[rows] = np.minimum(np.searchsorted(cdf, u[rows] * cdf[-1], side="right") + 1, s_val)
+    pos = np.arange(D)[None, :]
+    keys = np.where((pos >= 1) & (pos < S[:, None]), rng.random((B, D)), np.inf)  # boundary candidates 1..S-1
+    krank = np.argsort(np.argsort(keys, axis=1, kind="stable"), axis=1, kind="stable")
+    boundary = (krank < (n - 1)[:, None]) & np.isfinite(keys)
+    step_sorted = 1 + np.cumsum(boundary, axis=1)  # step of the target at AR position p
+    live = pos < S[:, None]
+    rows = np.repeat(np.arange(B), D).reshape(B, D)
+    step[rows[live], order[live]] = step_sorted[live]
     return step
 
 

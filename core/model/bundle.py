@@ -113,7 +113,11 @@ def load_model(directory: str | os.PathLike, device: str = "cpu"):
         raise DepmicroError(f"{d}: no such model directory")
     files = bundle_files(d)
     try:
-        cfg = config_from_dict(_json(d, files, "config.json"))
+        cfg_dict = _json(d, files, "config.json")
+        # bundles written before `estimate` existed returned the median of n_impute_samples draws (one draw when
+        # n = 1); they keep doing so, so an old bundle imputes exactly what it did when it was written
+        cfg_dict.setdefault("estimate", "median")
+        cfg = config_from_dict(cfg_dict)
     except DepmicroError as exc:
         raise DepmicroError(f"{d / 'config.json'}: {exc}") from None
     taxa = _json(d, files, "taxa.json")

@@ -49,7 +49,9 @@ class ModelConfig:
     sampling_fraction: int = 20    # n: every n-th timestep (fractional); base stride (adaptive)
     sampler_eta: float = 0.0       # 1 = respaced DDPM ancestral steps, 0 = deterministic DDIM steps
     infer_ar_steps: int = 2        # AR steps at inference (targets split evenly along the AR order)
-    n_impute_samples: int = 1      # samples per entry; the median is returned
+    n_impute_samples: int = 1      # draws per entry for estimate=median and for `impute --uncertainty`
+    estimate: str = "mean"         # mean: x0 predicted at t = T (one call per AR step) | median of n draws | sample: one draw
+    mass_projection: bool = False  # rescale imputed entries to the row's missing relative mass (protocol artifact: core/projection.py)
     # --- metadata ---
     use_metadata: bool = True
     metadata_model: str = DEFAULT_METADATA_MODEL  # installed package name, local directory or hub name
@@ -60,6 +62,11 @@ class ModelConfig:
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
     train_mask_ratio: float = 0.2  # mean fraction of observed nonzero entries re-masked as training targets
+    train_steps: int = 0           # DAT optimizer steps; 0 = epochs * batches per epoch (validation still runs per epoch)
+    warmup_steps: int = 0          # linear learning-rate warm-up from 0
+    lr_schedule: str = "constant"  # constant | cosine (decay to 0 over the run, after warm-up)
+    ema_decay: float = 0.0         # EMA of the DAT weights (DiT-style) used for validation, saved and exported; 0 = off
+    x0_loss: float = 0.0           # weight of an extra x0 regression loss at t = T - 1 from a zero input (the mean estimate)
     seed: int = 0
     patience: int = 0              # stop after this many epochs without val improvement (0 = never)
     val_every: int = 1             # validate every n-th epoch (and always at the last)
@@ -98,11 +105,13 @@ _CHOICES = {
     "val_metric": METRICS,
     "eps_head": ("x0", "direct"),
     "protocol": PROTOCOLS,
+    "estimate": ("mean", "median", "sample"),
+    "lr_schedule": ("constant", "cosine"),
 }
 _POSITIVE = ("latent_dim", "vae_hidden", "hidden_dim", "n_layers", "n_heads", "timesteps", "sampling_fraction",
              "infer_ar_steps", "n_impute_samples", "epochs", "batch_size", "val_every", "mlp_ratio", "lr", "vae_lr")
 _NONNEG = ("snr_floor", "min_snr", "vae_beta", "vae_epochs", "dropout", "f_threshold", "mi_threshold", "weight_decay", "grad_clip", "seed",
-           "patience", "sampler_eta")
+           "patience", "sampler_eta", "train_steps", "warmup_steps", "x0_loss")
 
 
 def _check(cfg: ModelConfig) -> ModelConfig:
@@ -125,6 +134,8 @@ def _check(cfg: ModelConfig) -> ModelConfig:
         raise DepmicroError(f"config hidden_dim ({cfg.hidden_dim}) must be divisible by n_heads ({cfg.n_heads})")
     if cfg.sampling_fraction > cfg.timesteps:
         raise DepmicroError(f"config sampling_fraction ({cfg.sampling_fraction}) exceeds timesteps ({cfg.timesteps})")
+    if not 0 <= cfg.ema_decay < 1:
+        raise DepmicroError(f"config ema_decay must be in [0, 1), not {cfg.ema_decay!r}")
     if cfg.sampler_eta > 1:
         raise DepmicroError(f"config sampler_eta must be in [0, 1], not {cfg.sampler_eta!r}")
     if not (0 < cfg.test_ratio < 1 and 0 <= cfg.val_ratio < 1 and cfg.test_ratio + cfg.val_ratio < 1):

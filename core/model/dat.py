@@ -116,11 +116,13 @@ class DAT(nn.Module):
         return val, cache
 
     def denoise(self, val: torch.Tensor, cache: list, z_noisy: torch.Tensor, t: torch.Tensor, noisy_idx: torch.Tensor,
-                allow_noisy: torch.Tensor, hint: torch.Tensor) -> torch.Tensor:
+                allow_noisy: torch.Tensor, hint: torch.Tensor, return_x0: bool = False) -> torch.Tensor:
         """Epsilon (B, S, k) for the noisy tokens of microbes `noisy_idx` against a cached context.
 
         `hint` (B, S, k) is the VAE encoder's latent of the masked profile at each noisy token's
         microbe: the m-latent that Section IV-a names the initial input of the diffusion.
+        `return_x0` (x0 head only) returns the head's x0 proposal itself: at t = T - 1, where the
+        input carries no information on x0, that is the network's estimate of E[x0 | condition].
         """
         gi = noisy_idx[..., None].expand(-1, -1, self.H)
         temb = self.time_mlp(timestep_embedding(t, self.H))
@@ -129,7 +131,9 @@ class DAT(nn.Module):
         for blk, (k, v) in zip(self.blocks, cache):
             x = blk.noisy(x, k, v, allow_noisy)
         out = self.out(self.ln_out(x))
-        if self.alpha_bar is None:
+        if self.alpha_bar is None or return_x0:
+            if return_x0 and self.alpha_bar is None:
+                raise ValueError("return_x0 needs the x0-parameterized head")
             return out
         # x0-parameterized head: the network proposes x0, and returns the epsilon that x0 implies for
         # x_t. The loss stays on epsilon; near t = T, where the implied x0 of a direct eps head is the

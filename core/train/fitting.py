@@ -103,36 +103,40 @@ def fit(cfg: ModelConfig, data: Dataset, split: Split, *, pretrain: Sequence[Dat
         last, best, history, stale = trainer.restore(Path(resume_from))
         start = last + 1
     epoch = start - 1
-    for epoch in range(start, cfg.epochs + 1):
+    n_epochs = trainer.n_epochs
+    for epoch in range(start, n_epochs + 1):
         t0 = time.perf_counter()
         loss = trainer.epoch(progress)
         val: dict[str, float] = {}
-        if has_val and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
-            filled = imp.impute(Y_view, observed, metadata)
-            val = evaluate(Y, filled, split.val)
-            score = val[cfg.val_metric]
-            if better(cfg.val_metric, score, best["score"]):
-                best = {"score": score, "epoch": epoch, "val": val,
-                        "state": {k: v.detach().cpu().clone() for k, v in imp.net.state_dict().items()}}
-                stale = 0
-            else:
-                stale += 1
+        if has_val and (epoch % cfg.val_every == 0 or epoch == n_epochs):
+            with trainer.ema_swapped():  # validation scores (and the best state keeps) the EMA weights
+                filled = imp.impute(Y_view, observed, metadata)
+                val = evaluate(Y, filled, split.val)
+                score = val[cfg.val_metric]
+                if better(cfg.val_metric, score, best["score"]):
+                    best = {"score": score, "epoch": epoch, "val": val,
+                            "state": {k: v.detach().cpu().clone() for k, v in imp.net.state_dict().items()}}
+                    stale = 0
+                else:
+                    stale += 1
         elif not has_val:
             best = {"score": None, "epoch": epoch, "val": None, "state": None}
-        rec = {"epoch": epoch, "train_loss": loss, "val": val, "seconds": time.perf_counter() - t0}
+        rec = {"epoch": epoch, "train_loss": loss, "val": val, "seconds": time.perf_counter() - t0, "step": trainer.step}
         history.append(rec)
         ep, b, h, s = epoch, dict(best), list(history), stale
         report = EpochReport(epoch, loss, val, rec["seconds"], lambda d, ep=ep, b=b, h=h, s=s: save_checkpoint(trainer, d, ep, b, h, s),
-                             model=imp)
+                             model=imp, total_epochs=n_epochs, ema_weights=trainer.ema_swapped)
         if progress:  # stderr, so stdout stays clean for --json
             shown = f" val {cfg.val_metric}={val[cfg.val_metric]:.4f}" if val else ""
-            print(f"epoch {epoch}/{cfg.epochs} loss={loss:.4f}{shown} ({rec['seconds']:.1f}s)", file=sys.stderr, flush=True)
+            print(f"epoch {epoch}/{n_epochs} loss={loss:.4f}{shown} ({rec['seconds']:.1f}s)", file=sys.stderr, flush=True)
         if on_epoch is not None and on_epoch(report):
             break
         if cfg.patience and stale >= cfg.patience:
             break
     if best.get("state"):
         imp.net.load_state_dict(best["state"])
+    else:
+        trainer.use_ema()
     imp.net.eval()
     filled = imp.impute(Y_view, observed, metadata)
     val = evaluate(Y, filled, split.val) if has_val else {}
@@ -143,7 +147,7 @@ def fit(cfg: ModelConfig, data: Dataset, split: Split, *, pretrain: Sequence[Dat
 
 
 def train_on_view(imp: DepMicroDiffImputer, Y: np.ndarray, observed: np.ndarray, metadata=None) -> DepMicroDiffImputer:
-    """The Imputer-protocol fit: VAE then cfg.epochs of DAT training on the observed entries, no selection."""
+    """The Imputer-protocol fit: VAE then cfg.epochs (or cfg.train_steps) of DAT training on the observed entries, no selection."""
     cfg = imp.cfg
     seed_all(cfg.seed)
     Y_view = np.where(observed, np.nan_to_num(Y), np.nan)
@@ -157,7 +161,8 @@ def train_on_view(imp: DepMicroDiffImputer, Y: np.ndarray, observed: np.ndarray,
         warnings.warn("metadata given to fit() but the imputer was built without a metadata projection; ignored")
     pretrain_vae(imp, Y_view, observed, [])
     trainer = Trainer(imp, Y_view, observed, metadata)
-    for _ in range(cfg.epochs):
+    for _ in range(trainer.n_epochs):
         trainer.epoch()
+    trainer.use_ema()
     imp.to("cpu")
     return imp

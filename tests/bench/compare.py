@@ -1,10 +1,13 @@
 """DepMicroDiff next to mean / knn / iterative on the TCMA sets, same protocol and masks.
 
     python tests/bench/compare.py [--sets stad coad hnsc] [--seeds 0 1 2] [--config studies/configs/tiny.yaml]
-                                  [--set key=value ...] [--no-pretrain] [--markdown out.md]
+                                  [--set key=value ...] [--no-pretrain] [--projection] [--markdown out.md]
 
 Prints one JSON object (rows + markdown table). With the config's vae_pretrain on, the VAE is
-pretrained on the other TCMA sets (leave-target-out), as in the paper.
+pretrained on the other TCMA sets (leave-target-out), as in the paper. --projection adds, for every
+method, a `METHOD+mass` row: the same imputation rescaled to each row's missing relative mass
+(core/projection.py; a property of this protocol, not of real missing data), so the comparison
+with and without it is made on equal terms.
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ import numpy as np
 from depmicro.core.data.baselines import BASELINES, impute_with_baseline
 from depmicro.core.model.config import load_config
 from depmicro.core.data import load_dataset
-from depmicro.core.data.evaluation import evaluate, make_split
+from depmicro.core.data.evaluation import evaluate, make_split, training_view
+from depmicro.core.data.projection import project_missing_mass
 from depmicro.core.train import fit
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,7 +31,8 @@ ALL = ("stad", "coad", "hnsc")
 KEYS = ("pcc_per_microbe", "pcc", "cos", "rmse", "mae")
 
 
-def run(sets, seeds, config: Path, overrides, pretrain: bool, baselines=BASELINES) -> list[dict]:
+def run(sets, seeds, config: Path, overrides, pretrain: bool, baselines=BASELINES, projection: bool = False,
+        vae_cache: str | None = None) -> list[dict]:
     rows = []
     for name in sets:
         meta = TCMA / f"{name}_metadata.tsv"
@@ -42,11 +47,20 @@ def run(sets, seeds, config: Path, overrides, pretrain: bool, baselines=BASELINE
                 rows.append({"dataset": name, "method": method, "seed": seed, **evaluate(Y, filled, split.test),
                              "seconds": round(seconds, 2), "config": "-"})
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-            res = fit(cfg, ds, split, pretrain=others)
+                if projection:
+                    rows.append({**rows[-1], "method": f"{method}+mass", **evaluate(Y, project_missing_mass(Y, split.observed, filled), split.test)})
+            res = fit(cfg, ds, split, pretrain=others, vae_cache_dir=vae_cache)
+            enc = res.imputer.encoder_impute(training_view(Y, split), split.observed)  # the DAT's floor, same VAE
             rows.append({"dataset": name, "method": "depmicrodiff", "seed": seed, **res.test, "val_pcc_per_microbe": res.val.get("pcc_per_microbe"),
+                         "encoder_val_pcc_per_microbe": evaluate(Y, enc, split.val)["pcc_per_microbe"],
+                         "encoder_test_pcc_per_microbe": evaluate(Y, enc, split.test)["pcc_per_microbe"],
                          "seconds": round(res.seconds, 2), "epochs": res.epochs, "config": config.stem + ("+" + ",".join(overrides) if overrides else ""),
                          "pretrain": [o.name for o in others]})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+            if projection and not cfg.mass_projection:
+                view = training_view(Y, split)
+                filled = res.imputer.impute(view, split.observed, ds.metadata_text() if cfg.use_metadata else None)
+                rows.append({**rows[-1], "method": "depmicrodiff+mass", **evaluate(Y, project_missing_mass(view, split.observed, filled), split.test)})
     return rows
 
 
@@ -73,12 +87,14 @@ if __name__ == "__main__":
     ap.add_argument("--no-pretrain", action="store_true", help="skip leave-target-out VAE pretraining on the other sets")
     ap.add_argument("--baselines", nargs="*", default=list(BASELINES), help="classical imputers to run next to it (none: skip)")
     ap.add_argument("--markdown", type=Path, help="also write the table here")
+    ap.add_argument("--projection", action="store_true", help="also score every method after the missing-mass projection")
+    ap.add_argument("--vae-cache", help="VAE cache directory (core/vae_cache.py); a hit gives the same model as training it")
     args = ap.parse_args()
     if not TCMA.exists():
         sys.exit(f"TCMA data absent: {TCMA}")
     import torch
 
-    rows = run(args.sets, args.seeds, args.config, args.set, not args.no_pretrain, tuple(args.baselines))
+    rows = run(args.sets, args.seeds, args.config, args.set, not args.no_pretrain, tuple(args.baselines), args.projection, args.vae_cache)
     table = markdown(rows)
     if args.markdown:
         args.markdown.write_text(table + "\n")

@@ -65,6 +65,30 @@ def test_impute_fills_marked_entries_and_keeps_observed(trained, capsys):
     assert (a.layers["observed"][ds.counts == 0] == 0).all() and a.shape == (60, 12)
 
 
+def test_impute_uncertainty_is_a_std_per_entry_zero_where_observed(trained, capsys):
+    d, _, _ = trained
+    ds, _ = make_synthetic(n_samples=60, n_taxa=12, n_directed=2, n_symmetric=2)
+    holes = np.zeros(ds.counts.shape, dtype=bool)
+    holes[::3, 2] = True
+    holes[5, :6] = True
+    pd.DataFrame(ds.counts, index=ds.obs_names, columns=ds.var_names).mask(holes).to_csv(d / "u.csv")
+    assert main(["impute", "--model", str(d / "model"), "--data", str(d / "u.csv"), "--out", str(d / "u_out.csv"),
+                 "--uncertainty", "4", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["std"] == str(d / "u_out.std.csv") and rep["estimate"] == "mean"
+    std = pd.read_csv(d / "u_out.std.csv", index_col=0)
+    assert std.shape == ds.counts.shape and list(std.columns) == ds.var_names
+    s = std.to_numpy()
+    assert (s >= 0).all() and (s[~holes] == 0).all() and (s[holes] > 0).any()
+    assert main(["impute", "--model", str(d / "model"), "--data", str(d / "u.csv"), "--out", str(d / "u.h5ad"), "--uncertainty"]) == 0
+    import anndata as ad
+
+    a = ad.read_h5ad(d / "u.h5ad")
+    assert a.layers["std"].shape == a.shape and (a.layers["std"][~holes] == 0).all() and (a.layers["std"] >= 0).all()
+    assert main(["impute", "--model", str(d / "model"), "--data", str(d / "u.csv"), "--out", str(d / "v.csv"), "--uncertainty", "1"]) == 2
+    assert "at least 2 draws" in capsys.readouterr().err and not (d / "v.csv").exists()
+
+
 def test_impute_refuses_tampered_model_and_other_taxa(trained, capsys, tmp_path):
     d, data, _ = trained
     import shutil
