@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from depmicro.core.diffusion.schedule import schedule_for
-from depmicro.core.model.ar import gather_index, infer_steps, step_attention
+from depmicro.core.model.ar import gather_index, infer_steps, noisy_attention
 from depmicro.core.model.dat import N_COND
 
 if TYPE_CHECKING:
@@ -32,10 +32,8 @@ def sample_batch(imp: DepMicroDiffImputer, y: torch.Tensor, obs: torch.Tensor, m
         idx, valid = torch.as_tensor(idx_np, device=dev), torch.as_tensor(valid_np, device=dev)
         x = torch.randn((*idx.shape, z_c.shape[-1]), generator=gen).to(dev)
         z_clean = z_c * obs.float()[..., None] + z_gen * ((step > 0) & (step < k)).float()[..., None]
-        allow = step_attention(step, N_COND, dep, cfg.dep_mask_mode, idx, valid)
-        n_ctx = N_COND + imp.D
-        val, cache = imp.dat.encode_context(z_clean, y, obs, cond_tok, allow[:, :, :n_ctx, :n_ctx])
-        allow_noisy = allow[:, :, n_ctx:, :]
+        val, cache = imp.dat.encode_context(z_clean, y, obs, cond_tok, imp.dat.context_mask(step))
+        allow_noisy = noisy_attention(step, N_COND, dep, cfg.dep_mask_mode, idx, valid)
         gi = idx[..., None].expand(-1, -1, z_c.shape[-1])
         hint = torch.gather(z_c, 1, gi)
         clip = (torch.as_tensor(imp.latent_lo, device=dev), torch.as_tensor(imp.latent_hi, device=dev))

@@ -42,6 +42,7 @@ class ModelConfig:
     f_threshold: float = 3.84      # F > this marks j -> i (about p < 0.05 for one extra regressor)
     mi_threshold: float = 0.1      # nats
     residual_condition: bool = True  # give the condition token the row's unobserved relative mass (protocol artifact)
+    attn_block: int = 256          # clean tokens attend within blocks of this many microbes (0 or >= taxa: all of them)
     # --- diffusion ---
     timesteps: int = 1000
     sampling: str = "fractional"   # full | fractional | adaptive
@@ -98,7 +99,7 @@ _CHOICES = {
 }
 _POSITIVE = ("latent_dim", "vae_hidden", "hidden_dim", "n_layers", "n_heads", "timesteps", "sampling_fraction",
              "infer_ar_steps", "n_impute_samples", "epochs", "batch_size", "val_every", "mlp_ratio", "lr", "vae_lr")
-_NONNEG = ("snr_floor", "min_snr", "vae_beta", "vae_epochs", "dropout", "f_threshold", "mi_threshold", "weight_decay", "grad_clip", "seed",
+_NONNEG = ("attn_block", "snr_floor", "min_snr", "vae_beta", "vae_epochs", "dropout", "f_threshold", "mi_threshold", "weight_decay", "grad_clip", "seed",
            "patience", "sampler_eta")
 
 

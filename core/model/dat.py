@@ -5,7 +5,12 @@ Layout of one sequence, in microbe index order (the AR order lives in the per-to
 (or a learned null token) and a summary of the observed latent m0^c (Eq. 2), optionally with the
 row's unobserved relative mass. Every clean and noisy token carries its microbe's position
 embedding and its own observed value/flag; noisy tokens also carry their own timestep embedding.
-Attention is scaled_dot_product_attention with the boolean mask of `masks.step_attention`.
+Attention is scaled_dot_product_attention under Algorithm 2 (`masks.step_attention`), never built
+whole: condition tokens attend each other; clean tokens attend the condition tokens and the clean
+tokens of their own block of `attn_block` microbes (`masks.context_attention`: cost D * block rather
+than D^2 per layer, the same as Algorithm 2 when one block holds every microbe); noisy tokens attend
+everything Algorithm 2 lets them (`masks.noisy_attention`, S rows only). Masks are (B, 1, ., .) and
+broadcast over heads.
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from depmicro.core.model.ar import step_attention
+from depmicro.core.model.ar import context_attention, noisy_attention
 
 N_COND = 2
 
@@ -52,9 +57,27 @@ class Block(nn.Module):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allow, dropout_p=self.dropout if self.training else 0.0)
 
     def context(self, x: torch.Tensor, allow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Condition + clean tokens: they never attend to noisy tokens, so their keys/values can be cached."""
+        """Condition + clean tokens: they never attend to noisy tokens, so their keys/values can be cached.
+
+        `allow` is `context_attention`'s (B * n_blocks, 1, b, N_COND + b)."""
         q, k, v = self._qkv(x)
-        return self._finish(x, self._attend(q, k, v, allow)), k, v
+        B, h, L, d = q.shape
+        c, D = N_COND, L - N_COND
+        b = allow.shape[-2]
+        nb = allow.shape[0] // B
+        a_cond = self._attend(q[:, :, :c], k[:, :, :c], v[:, :, :c], None)  # condition tokens see only each other
+
+        def blocks(t: torch.Tensor) -> torch.Tensor:  # (B, h, D, d) -> (B * nb, h, b, d)
+            t = F.pad(t[:, :, c:], (0, 0, 0, nb * b - D))
+            return t.view(B, h, nb, b, d).transpose(1, 2).reshape(B * nb, h, b, d)
+
+        def with_cond(t: torch.Tensor) -> torch.Tensor:
+            tc = t[:, :, :c].unsqueeze(1).expand(B, nb, h, c, d).reshape(B * nb, h, c, d)
+            return torch.cat([tc, blocks(t)], dim=2)
+
+        a = self._attend(blocks(q), with_cond(k), with_cond(v), allow)
+        a = a.view(B, nb, h, b, d).transpose(1, 2).reshape(B, h, nb * b, d)[:, :, :D]
+        return self._finish(x, torch.cat([a_cond, a], dim=2)), k, v
 
     def noisy(self, x: torch.Tensor, k_ctx: torch.Tensor, v_ctx: torch.Tensor, allow: torch.Tensor) -> torch.Tensor:
         q, k, v = self._qkv(x)
@@ -64,8 +87,9 @@ class Block(nn.Module):
 class DAT(nn.Module):
     def __init__(self, n_taxa: int, latent_dim: int, *, hidden: int, layers: int, heads: int, mlp_ratio: float,
                  dropout: float = 0.0, meta_dim: int = 0, residual_condition: bool = True,
-                 alpha_bar: torch.Tensor | None = None):
+                 alpha_bar: torch.Tensor | None = None, attn_block: int = 0):
         super().__init__()
+        self.attn_block = attn_block  # clean tokens attend within blocks of this many microbes (0: one block)
         self.alpha_bar = alpha_bar  # set for an x0-parameterized epsilon head (not a parameter: the schedule)
         D, k, H = n_taxa, latent_dim, hidden
         self.D, self.k, self.H = D, k, H
@@ -147,10 +171,11 @@ class DAT(nn.Module):
         Computed as context pass + noisy pass, which equals one pass over the whole sequence
         because context rows of the mask never open onto noisy columns.
         """
-        allow = step_attention(step, N_COND, dep, mode, noisy_idx, noisy_valid)
-        n_ctx = N_COND + self.D
-        val, cache = self.encode_context(z_clean, x_obs, flag, cond, allow[:, :, :n_ctx, :n_ctx])
-        return self.denoise(val, cache, z_noisy, t, noisy_idx, allow[:, :, n_ctx:, :], hint)
+        val, cache = self.encode_context(z_clean, x_obs, flag, cond, self.context_mask(step))
+        return self.denoise(val, cache, z_noisy, t, noisy_idx, noisy_attention(step, N_COND, dep, mode, noisy_idx, noisy_valid), hint)
+
+    def context_mask(self, step: torch.Tensor) -> torch.Tensor:
+        return context_attention(step, N_COND, self.attn_block)
 
 
 def residual_features(Y: torch.Tensor, flag: torch.Tensor) -> torch.Tensor:
