@@ -80,8 +80,20 @@ class Block(nn.Module):
         return self._finish(x, torch.cat([a_cond, a], dim=2)), k, v
 
     def noisy(self, x: torch.Tensor, k_ctx: torch.Tensor, v_ctx: torch.Tensor, allow: torch.Tensor) -> torch.Tensor:
+        """`k_ctx`/`v_ctx` are the cached context, or (`sampling_cache`) buffers that also hold room for
+        the noisy tokens, written in place: a sampler's many denoising calls then never copy the context."""
         q, k, v = self._qkv(x)
+        if k_ctx.shape[2] == allow.shape[-1]:
+            n = k_ctx.shape[2] - k.shape[2]
+            k_ctx[:, :, n:], v_ctx[:, :, n:] = k, v
+            return self._finish(x, self._attend(q, k_ctx, v_ctx, allow))
         return self._finish(x, self._attend(q, torch.cat([k_ctx, k], 2), torch.cat([v_ctx, v], 2), allow))
+
+
+def additive(allow: torch.Tensor) -> torch.Tensor:
+    """A boolean may-attend mask as SDPA's additive float mask (0 / -inf), built once per forward
+    and shared by every layer: the CPU kernels take it markedly faster than a boolean mask."""
+    return torch.zeros(allow.shape, dtype=torch.float32, device=allow.device).masked_fill_(~allow, float("-inf"))
 
 
 class DAT(nn.Module):
@@ -172,10 +184,25 @@ class DAT(nn.Module):
         because context rows of the mask never open onto noisy columns.
         """
         val, cache = self.encode_context(z_clean, x_obs, flag, cond, self.context_mask(step))
-        return self.denoise(val, cache, z_noisy, t, noisy_idx, noisy_attention(step, N_COND, dep, mode, noisy_idx, noisy_valid), hint)
+        return self.denoise(val, cache, z_noisy, t, noisy_idx, self.noisy_mask(step, dep, mode, noisy_idx, noisy_valid), hint)
 
     def context_mask(self, step: torch.Tensor) -> torch.Tensor:
-        return context_attention(step, N_COND, self.attn_block)
+        return additive(context_attention(step, N_COND, self.attn_block))
+
+    def noisy_mask(self, step: torch.Tensor, dep: torch.Tensor | None, mode: str, noisy_idx: torch.Tensor,
+                   noisy_valid: torch.Tensor) -> torch.Tensor:
+        return additive(noisy_attention(step, N_COND, dep, mode, noisy_idx, noisy_valid))
+
+
+def sampling_cache(cache: list, n_noisy: int) -> list:
+    """The context KV cache with room for `n_noisy` noisy tokens after it (no-grad sampling only)."""
+    out = []
+    for k, v in cache:
+        B, h, n, d = k.shape
+        kb, vb = k.new_empty(B, h, n + n_noisy, d), v.new_empty(B, h, n + n_noisy, d)
+        kb[:, :, :n], vb[:, :, :n] = k, v
+        out.append((kb, vb))
+    return out
 
 
 def residual_features(Y: torch.Tensor, flag: torch.Tensor) -> torch.Tensor:
