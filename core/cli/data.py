@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from depmicro.core.cli.common import add_command, data_args, ratio
+from depmicro.core.cli.common import add_command, count, data_args, ratio
 from depmicro.core.data.baselines import BASELINES
 
 
@@ -19,11 +19,12 @@ def _cmd_baseline(args: argparse.Namespace) -> dict:
     from depmicro.core.data import load_dataset
     from depmicro.core.data.evaluation import evaluate, make_split
 
-    make_baseline(args.method)  # validates the name before reading data
+    opts = {"max_iter": args.max_iter, "n_nearest_features": args.n_nearest_features}
+    make_baseline(args.method, **opts)  # validates the name and options before reading data
     ds = load_dataset(args.path, orientation=args.orientation)
     Y = ds.normalized
     split = make_split(Y, seed=args.seed, test_ratio=args.test_ratio, val_ratio=args.val_ratio)
-    filled, seconds = impute_with_baseline(args.method, Y, split.observed, seed=args.seed)
+    filled, seconds = impute_with_baseline(args.method, Y, split.observed, seed=args.seed, **opts)
     metrics = evaluate(Y, filled, split.test)
     return {"dataset": ds.name, "method": args.method, "seed": args.seed, **metrics, "seconds": round(seconds, 3)}
 
@@ -42,3 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out masks (and of the imputer)")
     p.add_argument("--test-ratio", type=ratio, default=0.1, help="fraction of nonzero entries held out for test")
     p.add_argument("--val-ratio", type=ratio, default=0.1, help="fraction of the remaining nonzero entries held out for validation")
+    p.add_argument("--max-iter", type=count, default=None,
+                   help="rounds of iterative/missforest (default 10 / 3), iterations per shrinkage of softimpute (default 100)")
+    p.add_argument("--n-nearest-features", type=count, default=None,
+                   help="predictors per taxon for iterative/missforest (default: all up to 200 taxa, else 200)")
