@@ -23,6 +23,8 @@ def _cmd_train(args: argparse.Namespace) -> dict:
     overrides = list(args.set or [])
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
+    if args.max_memory is not None:
+        overrides.append(f"max_memory={args.max_memory}")
     cfg = load_config(args.config, overrides)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -110,6 +112,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
     p.add_argument("--seed", type=int, help="seed of the model and of the held-out masks (overrides the config)")
     p.add_argument("--out", required=True, help="model directory to write (built aside, then renamed into place)")
+    p.add_argument("--max-memory", metavar="SIZE", help="memory cap, e.g. 4GB: training micro-batches (gradient "
+                   "accumulation keeps batch_size) and imputation batches are sized to fit (overrides the config)")
     p.set_defaults(command="train")
 
     p = add_command(sub, "impute", _cmd_impute, "fill missing entries (NaN/empty cells, or zeros with --zeros) with a trained model")

@@ -65,6 +65,7 @@ class ModelConfig:
     val_every: int = 1             # validate every n-th epoch (and always at the last)
     val_metric: str = "pcc_per_microbe"
     mixed_precision: str = "auto"  # no | bf16 | auto (bf16 on GPU only)
+    max_memory: str = ""           # cap for one process, e.g. 4GB: picks training micro-batches and inference batches ("" = none)
     test_ratio: float = 0.1
     val_ratio: float = 0.1
 
@@ -119,6 +120,9 @@ def _check(cfg: ModelConfig) -> ModelConfig:
         raise DepmicroError(f"config dropout must be < 1, not {cfg.dropout!r}")
     if not 0 < cfg.train_mask_ratio < 1:
         raise DepmicroError(f"config train_mask_ratio must be in (0, 1), not {cfg.train_mask_ratio!r}")
+    from depmicro.core.model.memory import parse_memory
+
+    parse_memory(cfg.max_memory)
     if cfg.hidden_dim % cfg.n_heads:
         raise DepmicroError(f"config hidden_dim ({cfg.hidden_dim}) must be divisible by n_heads ({cfg.n_heads})")
     if cfg.sampling_fraction > cfg.timesteps:

@@ -59,9 +59,11 @@ class Block(nn.Module):
     def context(self, x: torch.Tensor, allow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Condition + clean tokens: they never attend to noisy tokens, so their keys/values can be cached.
 
-        `allow` is `context_attention`'s (B * n_blocks, 1, b, N_COND + b)."""
+        `allow` is `DAT.context_mask`'s: blocks (B * n_blocks, 1, b, N_COND + b), or one whole mask."""
         q, k, v = self._qkv(x)
         B, h, L, d = q.shape
+        if allow.shape[-2] == L:  # one block: a single pass under the whole context mask (`DAT.context_mask`)
+            return self._finish(x, self._attend(q, k, v, allow)), k, v
         c, D = N_COND, L - N_COND
         b = allow.shape[-2]
         nb = allow.shape[0] // B
@@ -187,7 +189,16 @@ class DAT(nn.Module):
         return self.denoise(val, cache, z_noisy, t, noisy_idx, self.noisy_mask(step, dep, mode, noisy_idx, noisy_valid), hint)
 
     def context_mask(self, step: torch.Tensor) -> torch.Tensor:
-        return additive(context_attention(step, N_COND, self.attn_block))
+        """Additive mask for `Block.context`: per block (B * n_blocks, 1, b, N_COND + b); when one block
+        holds every microbe, the whole context's (B, 1, N_COND + D, N_COND + D), so that narrow tables
+        take one attention call, as before blocks existed (and give the same floats)."""
+        allow = context_attention(step, N_COND, self.attn_block)
+        if allow.shape[0] == step.shape[0]:
+            c = N_COND
+            top = torch.zeros(allow.shape[0], 1, c, allow.shape[-1], dtype=torch.bool, device=allow.device)
+            top[..., :c] = True  # condition tokens see only each other
+            allow = torch.cat([top, allow], dim=2)
+        return additive(allow)
 
     def noisy_mask(self, step: torch.Tensor, dep: torch.Tensor | None, mode: str, noisy_idx: torch.Tensor,
                    noisy_valid: torch.Tensor) -> torch.Tensor:

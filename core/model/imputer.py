@@ -16,6 +16,7 @@ from depmicro.core.errors import DepmicroError
 from depmicro.core.imputer import keep_observed
 from depmicro.core.model.config import ModelConfig
 from depmicro.core.model.dat import DAT, residual_features
+from depmicro.core.model.memory import plan_rows
 from depmicro.core.model.metadata import MetadataEncoder
 from depmicro.core.model.vae import TokenVAE
 
@@ -73,6 +74,7 @@ class DepMicroDiffImputer:
         })
         self.device = torch.device("cpu")
         self._meta_encoder = None
+        self.infer_rows: int | None = None  # rows per imputation batch, set by a trainer under a memory cap
 
     # --- helpers -------------------------------------------------------------------------------
     @property
@@ -175,11 +177,13 @@ class DepMicroDiffImputer:
         self.net.eval()
         gen = torch.Generator(device="cpu").manual_seed(self.cfg.seed if seed is None else seed)
         yv = np.where(observed, np.nan_to_num(Y), 0.0).astype(np.float32)
+        # INFER_BATCH unless cfg.max_memory caps it; the trainer plans once, before its allocations
+        rows = self.infer_rows or plan_rows(self.cfg, Y, observed, INFER_BATCH)[1]
         draws = []
         for _ in range(self.cfg.n_impute_samples):
             out = []
-            for i in range(0, len(Y), INFER_BATCH):
-                sl = slice(i, i + INFER_BATCH)
+            for i in range(0, len(Y), rows):
+                sl = slice(i, i + rows)
                 y = torch.as_tensor(yv[sl], device=self.device)
                 m = torch.as_tensor(observed[sl], device=self.device)
                 mt = None if meta is None else torch.as_tensor(meta[sl], device=self.device)

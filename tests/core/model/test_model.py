@@ -361,6 +361,11 @@ def test_blocked_attention_is_the_full_mask_pass_for_one_block(monkeypatch):
                   noisy_idx=idx, noisy_valid=valid, hint=torch.randn(*idx.shape, k, generator=g))
     one_block = run(make(0))
     small_blocks = run(make(4))
+    from depmicro.core.model.ar import context_attention
+
+    with monkeypatch.context() as mp:  # the block code path itself, with one block of all D microbes
+        mp.setattr(dat_mod.DAT, "context_mask", lambda self, st: context_attention(st, 2, D))
+        one_block_blocked = run(make(0))
 
     def full_context(self, x, allow):  # the pre-block implementation: one pass under the dense mask
         q, kk, v = self._qkv(x)
@@ -370,4 +375,5 @@ def test_blocked_attention_is_the_full_mask_pass_for_one_block(monkeypatch):
     monkeypatch.setattr(dat_mod.DAT, "context_mask", lambda self, st: step_attention(st, 2, None, "off")[:, :, : 2 + D, : 2 + D])
     dense = run(make(0))
     assert torch.allclose(one_block, dense, atol=1e-5)
+    assert torch.allclose(one_block_blocked, dense, atol=1e-5)
     assert not torch.allclose(small_blocks, dense, atol=1e-3)
