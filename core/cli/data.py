@@ -44,6 +44,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test-ratio", type=ratio, default=0.1, help="fraction of nonzero entries held out for test")
     p.add_argument("--val-ratio", type=ratio, default=0.1, help="fraction of the remaining nonzero entries held out for validation")
     p.add_argument("--max-iter", type=count, default=None,
-                   help="rounds of iterative/missforest (default 10 / 3), iterations per shrinkage of softimpute (default 100)")
+                   help="rounds of iterative/missforest (default 10 / 3; 5 / 2 beyond 200 taxa), iterations per shrinkage of softimpute (default 100)")
     p.add_argument("--n-nearest-features", type=count, default=None,
                    help="predictors per taxon for iterative/missforest (default: all up to 200 taxa, else 200)")

@@ -46,8 +46,10 @@ class SklearnImputer:
 
     `missforest` is IterativeImputer with a random forest per taxon (Stekhoven & Buehlmann's
     MissForest recipe: mean start, forests, a few rounds); `n_nearest_features` and `max_iter` are
-    scikit-learn's own options (None: `default_nearest` of the table's width; the MissForest default
-    of max_iter is 3 rounds, its forests grow to 50 trees)."""
+    scikit-learn's own options. Defaults depend on the width: up to WIDE taxa, all predictors,
+    iterative 10 rounds, missforest 3 rounds of 50-tree forests; wider, WIDE nearest predictors,
+    iterative 5 rounds, missforest 2 rounds of 10-tree forests, so that a 1,000 x 1,700 table takes
+    minutes (tests/bench/baselines.py --wide)."""
 
     name: str
     seed: int = 0
@@ -66,15 +68,16 @@ class SklearnImputer:
         nearest = self.n_nearest_features if self.n_nearest_features is not None else default_nearest(n_taxa)
         if nearest is not None and nearest >= n_taxa:
             nearest = None
+        wide = n_taxa > WIDE
         if self.name == "missforest":
             from sklearn.ensemble import RandomForestRegressor
 
-            forest = RandomForestRegressor(n_estimators=50, max_features="sqrt", min_samples_leaf=2, n_jobs=1,
-                                           random_state=self.seed)
-            return IterativeImputer(estimator=forest, max_iter=self.max_iter or 3, n_nearest_features=nearest,
+            forest = RandomForestRegressor(n_estimators=10 if wide else 50, max_features="sqrt", min_samples_leaf=2,
+                                           n_jobs=1, random_state=self.seed)
+            return IterativeImputer(estimator=forest, max_iter=self.max_iter or (2 if wide else 3), n_nearest_features=nearest,
                                     initial_strategy="mean", random_state=self.seed, min_value=0.0)
-        return IterativeImputer(max_iter=self.max_iter or 10, n_nearest_features=nearest, random_state=self.seed,
-                                min_value=0.0)
+        return IterativeImputer(max_iter=self.max_iter or (5 if wide else 10), n_nearest_features=nearest,
+                                random_state=self.seed, min_value=0.0)
 
     def fit(self, Y, observed, metadata=None):
         return self
