@@ -93,8 +93,9 @@ def step_attention(step: torch.Tensor, c: int, dep: torch.Tensor | None, mode: s
     see only the condition tokens. Everybody sees the condition tokens; condition tokens see only
     each other. This is Algorithm 2 with tokens kept in index order instead of AR order.
 
-    The model never builds this (L, L) matrix: it attends with `context_attention` (the first
-    c + D rows, in blocks) and `noisy_attention` (the last S rows); this is their reference.
+    The model never builds this (L, L) matrix: it attends with `context_attention` (the clean rows,
+    in blocks; the condition rows, which see only each other, apart) and `noisy_attention` (the last
+    S rows); this is their reference.
     """
     B, D = step.shape
     if noisy_idx is None:

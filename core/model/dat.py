@@ -5,11 +5,11 @@ Layout of one sequence, in microbe index order (the AR order lives in the per-to
 (or a learned null token) and a summary of the observed latent m0^c (Eq. 2), optionally with the
 row's unobserved relative mass. Every clean and noisy token carries its microbe's position
 embedding and its own observed value/flag; noisy tokens also carry their own timestep embedding.
-Attention is scaled_dot_product_attention under Algorithm 2 (`masks.step_attention`), never built
+Attention is scaled_dot_product_attention under Algorithm 2 (`ar.step_attention`), never built
 whole: condition tokens attend each other; clean tokens attend the condition tokens and the clean
-tokens of their own block of `attn_block` microbes (`masks.context_attention`: cost D * block rather
+tokens of their own block of `attn_block` microbes (`ar.context_attention`: cost D * block rather
 than D^2 per layer, the same as Algorithm 2 when one block holds every microbe); noisy tokens attend
-everything Algorithm 2 lets them (`masks.noisy_attention`, S rows only). Masks are (B, 1, ., .) and
+everything Algorithm 2 lets them (`ar.noisy_attention`, S rows only). Masks are (B, 1, ., .) and
 broadcast over heads.
 """
 from __future__ import annotations
