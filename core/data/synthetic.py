@@ -117,7 +117,8 @@ def _presence_for(L: np.ndarray, u: np.ndarray, detected: np.ndarray, zero_fract
 def kraken_like(n_samples: int = 1000, n_taxa: int = 1700, seed: int = 0, zero_fraction: float = 0.57,
                 metadata: bool = True) -> tuple[Dataset, SyntheticTruth]:
     """A table shaped like a Kraken-TCGA genus table: 1,000 x 1,700, 57 % zeros, deep sequencing,
-    one planted directed pair per 28 taxa and a symmetric one per 14, the rest in modules of about 30."""
+    one planted directed pair per 28 taxa and a symmetric one per 14, the other taxa spread over
+    n_taxa // 30 modules (about 24 taxa each at 1,700)."""
     n_directed = max(1, n_taxa // 28)
     n_symmetric = max(1, n_taxa // 14)
     return make_synthetic(n_samples=n_samples, n_taxa=n_taxa, seed=seed, n_directed=n_directed, n_symmetric=n_symmetric,
