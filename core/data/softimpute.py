@@ -38,7 +38,8 @@ def _svt(A: np.ndarray, lam: float, rank_hint: int, rng: np.random.Generator) ->
 
 def _path(X: np.ndarray, mask: np.ndarray, lams: np.ndarray, max_iter: int, tol: float, rng: np.random.Generator,
           on_lambda=None) -> tuple[np.ndarray, int]:
-    """Run the warm-started path; `on_lambda(i, Z, rank)` sees each solution. Returns the last one."""
+    """Run the warm-started path; `on_lambda(i, Z, rank)` sees each solution and stops the path by
+    returning True. Returns the last solution."""
     Z = np.zeros_like(X)
     rank = 0
     for i, lam in enumerate(lams):
@@ -48,8 +49,8 @@ def _path(X: np.ndarray, mask: np.ndarray, lams: np.ndarray, max_iter: int, tol:
             Z = Z_new
             if delta < tol:
                 break
-        if on_lambda is not None:
-            on_lambda(i, Z, rank)
+        if on_lambda is not None and on_lambda(i, Z, rank):
+            break
     return Z, rank
 
 
@@ -87,15 +88,18 @@ class SoftImputer:
             float(_top_singular(np.where(train, Xc, 0.0), rng))
         lams = top * np.geomspace(0.9, 0.01, self.n_lambdas)
 
-        best = {"err": np.inf, "i": len(lams) - 1}
+        best = {"err": np.inf, "i": 0 if val.any() else len(lams) - 1}
 
-        def score(i: int, Z: np.ndarray, rank: int) -> None:
+        def score(i: int, Z: np.ndarray, rank: int) -> bool:
             if not val.any():
-                return
+                return False
             pred = np.maximum(Z[val] + np.broadcast_to(mu, X.shape)[val], 0.0)
             err = float(((pred - X[val]) ** 2).mean())
             if err < best["err"]:
                 best.update(err=err, i=i, rank=rank)
+            # validation error is U-shaped along the path: two worse lambdas in a row end it, which
+            # also spares the high-rank (slow) end of the path on wide tables
+            return i - best["i"] >= 2
 
         _path(Xc, train, lams, self.max_iter, self.tol, rng, score)
         chosen = lams[: best["i"] + 1]
