@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from depmicro.core.cli.common import add_command, data_args, ratio
+from depmicro.core.cli.common import add_command, count, data_args, ratio
 from depmicro.core.data.baselines import BASELINES
 from depmicro.core.data.evaluation import PROTOCOLS
 
@@ -20,11 +20,12 @@ def _cmd_baseline(args: argparse.Namespace) -> dict:
     from depmicro.core.data import load_dataset
     from depmicro.core.data.evaluation import evaluate, make_split, protocol_matrix
 
-    make_baseline(args.method)  # validates the name before reading data
+    opts = {"max_iter": args.max_iter, "n_nearest_features": args.n_nearest_features}
+    make_baseline(args.method, **opts)  # validates the name and options before reading data
     ds = load_dataset(args.path, orientation=args.orientation)
     split = make_split(ds.counts, seed=args.seed, test_ratio=args.test_ratio, val_ratio=args.val_ratio)
     Y = protocol_matrix(ds.counts, split, args.protocol)
-    filled, seconds = impute_with_baseline(args.method, Y, split.observed, seed=args.seed)
+    filled, seconds = impute_with_baseline(args.method, Y, split.observed, seed=args.seed, **opts)
     metrics = evaluate(Y, filled, split.test)
     return {"dataset": ds.name, "method": args.method, "seed": args.seed, "protocol": args.protocol, **metrics, "seconds": round(seconds, 3)}
 
@@ -45,3 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-ratio", type=ratio, default=0.1, help="fraction of the remaining nonzero entries held out for validation")
     p.add_argument("--protocol", choices=PROTOCOLS, default="paper", help="paper: normalize, then hold out; renormalized: hold out "
                    "on the counts, normalize each row over its observed entries (README, evaluation protocol)")
+    p.add_argument("--max-iter", type=count, default=None,
+                   help="rounds of iterative/missforest (default 10 / 3; 5 / 2 beyond 200 taxa), iterations per shrinkage of softimpute (default 100)")
+    p.add_argument("--n-nearest-features", type=count, default=None,
+                   help="predictors per taxon for iterative/missforest (default: all up to 200 taxa, else 200)")

@@ -27,6 +27,8 @@ def _cmd_train(args: argparse.Namespace) -> dict:
         overrides.append(f"seed={args.seed}")
     if args.protocol is not None:
         overrides.append(f"protocol={args.protocol}")
+    if args.max_memory is not None:
+        overrides.append(f"max_memory={args.max_memory}")
     cfg = load_config(args.config, overrides)
     out = check_output(args.out, directory=MODEL_KIND, inputs=(args.config, args.data, args.metadata, *(args.pretrain or [])))
     ds = load_dataset(args.data, metadata=args.metadata)
@@ -141,6 +143,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--protocol", choices=PROTOCOLS, help="paper: normalize, then hold out; renormalized: hold out on the counts, "
                    "normalize each row over its observed entries (overrides the config)")
     p.add_argument("--out", required=True, help="model directory to write (built aside, then renamed into place)")
+    p.add_argument("--max-memory", metavar="SIZE", help="memory cap, e.g. 4GB: training micro-batches (gradient "
+                   "accumulation keeps batch_size) and imputation batches are sized to fit (overrides the config)")
     p.set_defaults(command="train")
 
     p = add_command(sub, "impute", _cmd_impute, "fill missing entries (NaN/empty cells, or zeros with --zeros) with a trained model")

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from depmicro.core.diffusion.schedule import schedule_for
-from depmicro.core.model.ar import gather_index, infer_steps, step_attention
-from depmicro.core.model.dat import N_COND
+from depmicro.core.model.ar import gather_index, infer_steps
+from depmicro.core.model.dat import sampling_cache
 
 if TYPE_CHECKING:
     from depmicro.core.model.imputer import DepMicroDiffImputer
@@ -36,10 +36,9 @@ def sample_batch(imp: DepMicroDiffImputer, y: torch.Tensor, obs: torch.Tensor, m
         idx_np, valid_np = gather_index(step_np == k)  # only this step's noisy tokens: later ones cannot matter
         idx, valid = torch.as_tensor(idx_np, device=dev), torch.as_tensor(valid_np, device=dev)
         z_clean = z_c * obs.float()[..., None] + z_gen * ((step > 0) & (step < k)).float()[..., None]
-        allow = step_attention(step, N_COND, dep, cfg.dep_mask_mode, idx, valid)
-        n_ctx = N_COND + imp.D
-        val, cache = imp.dat.encode_context(z_clean, y, obs, cond_tok, allow[:, :, :n_ctx, :n_ctx])
-        allow_noisy = allow[:, :, n_ctx:, :]
+        val, cache = imp.dat.encode_context(z_clean, y, obs, cond_tok, imp.dat.context_mask(step))
+        cache = sampling_cache(cache, idx.shape[1])
+        allow_noisy = imp.dat.noisy_mask(step, dep, cfg.dep_mask_mode, idx, valid)
         gi = idx[..., None].expand(-1, -1, z_c.shape[-1])
         hint = torch.gather(z_c, 1, gi)
         clip = (torch.as_tensor(imp.latent_lo, device=dev), torch.as_tensor(imp.latent_hi, device=dev))

@@ -92,21 +92,37 @@ def step_attention(step: torch.Tensor, c: int, dep: torch.Tensor | None, mode: s
     tokens of step k (sTs, shaped by Dep and `mode`). Padding and noisy copies of observed tokens
     see only the condition tokens. Everybody sees the condition tokens; condition tokens see only
     each other. This is Algorithm 2 with tokens kept in index order instead of AR order.
+
+    The model never builds this (L, L) matrix: it attends with `context_attention` (the clean rows,
+    in blocks; the condition rows, which see only each other, apart) and `noisy_attention` (the last
+    S rows); this is their reference.
     """
     B, D = step.shape
-    dev = step.device
     if noisy_idx is None:
-        noisy_idx = torch.arange(D, device=dev).expand(B, D)
+        noisy_idx = torch.arange(D, device=step.device).expand(B, D)
+    noisy = noisy_attention(step, c, dep, mode, noisy_idx, noisy_valid)[:, 0]
+    S = noisy_idx.shape[1]
+    L = c + D + S
+    allow = torch.zeros(B, L, L, dtype=torch.bool, device=step.device)
+    allow[:, : c + D, :c] = True
+    allow[:, c : c + D, c : c + D] = step[:, None, :] <= step[:, :, None]
+    allow[:, c + D :] = noisy
+    return allow[:, None]
+
+
+def noisy_attention(step: torch.Tensor, c: int, dep: torch.Tensor | None, mode: str, noisy_idx: torch.Tensor,
+                    noisy_valid: torch.Tensor | None = None) -> torch.Tensor:
+    """The noisy tokens' rows of `step_attention`, (B, 1, S, c + D + S), without the other L x L entries."""
+    B, D = step.shape
+    dev = step.device
     if noisy_valid is None:
         noisy_valid = torch.ones_like(noisy_idx, dtype=torch.bool)
     S = noisy_idx.shape[1]
-    L = c + D + S
-    allow = torch.zeros(B, L, L, dtype=torch.bool, device=dev)
+    allow = torch.zeros(B, S, c + D + S, dtype=torch.bool, device=dev)
     allow[:, :, :c] = True
-    allow[:, c : c + D, c : c + D] = step[:, None, :] <= step[:, :, None]
     ns = torch.gather(step, 1, noisy_idx)  # (B, S) step of each noisy token
     live = noisy_valid & (ns > 0)
-    allow[:, c + D :, c : c + D] = (step[:, None, :] < ns[:, :, None]) & live[:, :, None]
+    allow[:, :, c : c + D] = (step[:, None, :] < ns[:, :, None]) & live[:, :, None]
     same = (ns[:, None, :] == ns[:, :, None]) & live[:, :, None] & live[:, None, :]
     if dep is not None and mode != "off":
         dep = dep.to(dev, torch.bool)
@@ -117,8 +133,34 @@ def step_attention(step: torch.Tensor, c: int, dep: torch.Tensor | None, mode: s
             same = same & (d | (noisy_idx[:, :, None] == noisy_idx[:, None, :]))
         else:
             raise DepmicroError(f"dep_mask_mode must be one of {', '.join(DEP_MODES)}, not {mode!r}")
-    allow[:, c + D :, c + D :] = same
+    allow[:, :, c + D :] = same
     return allow[:, None]
+
+
+def block_size(D: int, block: int) -> int:
+    """The clean-token block actually used: `block`, or D when one block holds them all (0 = always)."""
+    return D if block <= 0 or block >= D else block
+
+
+def context_attention(step: torch.Tensor, c: int, block: int) -> torch.Tensor:
+    """The clean tokens' rows of `step_attention` restricted to blocks of `block` consecutive
+    microbes: (B * n_blocks, 1, b, c + b) over [the c condition tokens][the block's b tokens].
+
+    Why: the full clean-clean block costs D^2 per sample and layer; in blocks it costs D * b, so a
+    step grows linearly with D. Every pair opened here is open in Algorithm 2 (blocks only close
+    pairs), so causality and no-leakage hold as before; with block >= D it is exactly those rows.
+    The last block is padded: padding keys are closed to everybody, padding queries see the condition
+    tokens only.
+    """
+    B, D = step.shape
+    b = block_size(D, block)
+    nb = -(-D // b)
+    pad = nb * b - D
+    st = torch.nn.functional.pad(step, (0, pad), value=-1).view(B * nb, b)  # -1: padding
+    real = st >= 0
+    inner = (st[:, None, :] <= st[:, :, None]) & real[:, None, :]
+    cond = torch.ones(B * nb, b, c, dtype=torch.bool, device=step.device)
+    return torch.cat([cond, inner], dim=2)[:, None]
 
 
 def gather_index(select: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

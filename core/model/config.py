@@ -43,6 +43,7 @@ class ModelConfig:
     f_threshold: float = 3.84      # F > this marks j -> i (about p < 0.05 for one extra regressor)
     mi_threshold: float = 0.1      # nats
     residual_condition: bool = True  # give the condition token the row's unobserved relative mass (protocol artifact)
+    attn_block: int = 256          # clean tokens attend within blocks of this many microbes (0 or >= taxa: all of them)
     # --- diffusion ---
     timesteps: int = 1000
     sampling: str = "fractional"   # full | fractional | adaptive
@@ -72,6 +73,7 @@ class ModelConfig:
     val_every: int = 1             # validate every n-th epoch (and always at the last)
     val_metric: str = "pcc_per_microbe"
     mixed_precision: str = "auto"  # no | bf16 | auto (bf16 on GPU only)
+    max_memory: str = ""           # cap for one process, e.g. 4GB: picks training micro-batches and inference batches ("" = none)
     test_ratio: float = 0.1
     val_ratio: float = 0.1
     protocol: str = "paper"        # paper | renormalized: the space held-out entries are scored in (evaluation.protocol_matrix)
@@ -110,7 +112,7 @@ _CHOICES = {
 }
 _POSITIVE = ("latent_dim", "vae_hidden", "hidden_dim", "n_layers", "n_heads", "timesteps", "sampling_fraction",
              "infer_ar_steps", "n_impute_samples", "epochs", "batch_size", "val_every", "mlp_ratio", "lr", "vae_lr")
-_NONNEG = ("snr_floor", "min_snr", "vae_beta", "vae_epochs", "dropout", "f_threshold", "mi_threshold", "weight_decay", "grad_clip", "seed",
+_NONNEG = ("attn_block", "snr_floor", "min_snr", "vae_beta", "vae_epochs", "dropout", "f_threshold", "mi_threshold", "weight_decay", "grad_clip", "seed",
            "patience", "sampler_eta", "train_steps", "warmup_steps", "x0_loss")
 
 
@@ -130,6 +132,9 @@ def _check(cfg: ModelConfig) -> ModelConfig:
         raise DepmicroError(f"config dropout must be < 1, not {cfg.dropout!r}")
     if not 0 < cfg.train_mask_ratio < 1:
         raise DepmicroError(f"config train_mask_ratio must be in (0, 1), not {cfg.train_mask_ratio!r}")
+    from depmicro.core.model.memory import parse_memory
+
+    parse_memory(cfg.max_memory)
     if cfg.hidden_dim % cfg.n_heads:
         raise DepmicroError(f"config hidden_dim ({cfg.hidden_dim}) must be divisible by n_heads ({cfg.n_heads})")
     if cfg.sampling_fraction > cfg.timesteps:

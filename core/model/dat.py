@@ -5,7 +5,12 @@ Layout of one sequence, in microbe index order (the AR order lives in the per-to
 (or a learned null token) and a summary of the observed latent m0^c (Eq. 2), optionally with the
 row's unobserved relative mass. Every clean and noisy token carries its microbe's position
 embedding and its own observed value/flag; noisy tokens also carry their own timestep embedding.
-Attention is scaled_dot_product_attention with the boolean mask of `masks.step_attention`.
+Attention is scaled_dot_product_attention under Algorithm 2 (`ar.step_attention`), never built
+whole: condition tokens attend each other; clean tokens attend the condition tokens and the clean
+tokens of their own block of `attn_block` microbes (`ar.context_attention`: cost D * block rather
+than D^2 per layer, the same as Algorithm 2 when one block holds every microbe); noisy tokens attend
+everything Algorithm 2 lets them (`ar.noisy_attention`, S rows only). Masks are (B, 1, ., .) and
+broadcast over heads.
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from depmicro.core.model.ar import step_attention
+from depmicro.core.model.ar import context_attention, noisy_attention
 
 N_COND = 2
 
@@ -52,20 +57,53 @@ class Block(nn.Module):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allow, dropout_p=self.dropout if self.training else 0.0)
 
     def context(self, x: torch.Tensor, allow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Condition + clean tokens: they never attend to noisy tokens, so their keys/values can be cached."""
+        """Condition + clean tokens: they never attend to noisy tokens, so their keys/values can be cached.
+
+        `allow` is `DAT.context_mask`'s: blocks (B * n_blocks, 1, b, N_COND + b), or one whole mask."""
         q, k, v = self._qkv(x)
-        return self._finish(x, self._attend(q, k, v, allow)), k, v
+        B, h, L, d = q.shape
+        if allow.shape[-2] == L:  # one block: a single pass under the whole context mask (`DAT.context_mask`)
+            return self._finish(x, self._attend(q, k, v, allow)), k, v
+        c, D = N_COND, L - N_COND
+        b = allow.shape[-2]
+        nb = allow.shape[0] // B
+        a_cond = self._attend(q[:, :, :c], k[:, :, :c], v[:, :, :c], None)  # condition tokens see only each other
+
+        def blocks(t: torch.Tensor) -> torch.Tensor:  # (B, h, D, d) -> (B * nb, h, b, d)
+            t = F.pad(t[:, :, c:], (0, 0, 0, nb * b - D))
+            return t.view(B, h, nb, b, d).transpose(1, 2).reshape(B * nb, h, b, d)
+
+        def with_cond(t: torch.Tensor) -> torch.Tensor:
+            tc = t[:, :, :c].unsqueeze(1).expand(B, nb, h, c, d).reshape(B * nb, h, c, d)
+            return torch.cat([tc, blocks(t)], dim=2)
+
+        a = self._attend(blocks(q), with_cond(k), with_cond(v), allow)
+        a = a.view(B, nb, h, b, d).transpose(1, 2).reshape(B, h, nb * b, d)[:, :, :D]
+        return self._finish(x, torch.cat([a_cond, a], dim=2)), k, v
 
     def noisy(self, x: torch.Tensor, k_ctx: torch.Tensor, v_ctx: torch.Tensor, allow: torch.Tensor) -> torch.Tensor:
+        """`k_ctx`/`v_ctx` are the cached context, or (`sampling_cache`) buffers that also hold room for
+        the noisy tokens, written in place: a sampler's many denoising calls then never copy the context."""
         q, k, v = self._qkv(x)
+        if k_ctx.shape[2] == allow.shape[-1]:
+            n = k_ctx.shape[2] - k.shape[2]
+            k_ctx[:, :, n:], v_ctx[:, :, n:] = k, v
+            return self._finish(x, self._attend(q, k_ctx, v_ctx, allow))
         return self._finish(x, self._attend(q, torch.cat([k_ctx, k], 2), torch.cat([v_ctx, v], 2), allow))
+
+
+def additive(allow: torch.Tensor) -> torch.Tensor:
+    """A boolean may-attend mask as SDPA's additive float mask (0 / -inf), built once per forward
+    and shared by every layer: the CPU kernels take it markedly faster than a boolean mask."""
+    return torch.zeros(allow.shape, dtype=torch.float32, device=allow.device).masked_fill_(~allow, float("-inf"))
 
 
 class DAT(nn.Module):
     def __init__(self, n_taxa: int, latent_dim: int, *, hidden: int, layers: int, heads: int, mlp_ratio: float,
                  dropout: float = 0.0, meta_dim: int = 0, residual_condition: bool = True,
-                 alpha_bar: torch.Tensor | None = None):
+                 alpha_bar: torch.Tensor | None = None, attn_block: int = 0):
         super().__init__()
+        self.attn_block = attn_block  # clean tokens attend within blocks of this many microbes (0: one block)
         self.alpha_bar = alpha_bar  # set for an x0-parameterized epsilon head (not a parameter: the schedule)
         D, k, H = n_taxa, latent_dim, hidden
         self.D, self.k, self.H = D, k, H
@@ -151,10 +189,35 @@ class DAT(nn.Module):
         Computed as context pass + noisy pass, which equals one pass over the whole sequence
         because context rows of the mask never open onto noisy columns.
         """
-        allow = step_attention(step, N_COND, dep, mode, noisy_idx, noisy_valid)
-        n_ctx = N_COND + self.D
-        val, cache = self.encode_context(z_clean, x_obs, flag, cond, allow[:, :, :n_ctx, :n_ctx])
-        return self.denoise(val, cache, z_noisy, t, noisy_idx, allow[:, :, n_ctx:, :], hint)
+        val, cache = self.encode_context(z_clean, x_obs, flag, cond, self.context_mask(step))
+        return self.denoise(val, cache, z_noisy, t, noisy_idx, self.noisy_mask(step, dep, mode, noisy_idx, noisy_valid), hint)
+
+    def context_mask(self, step: torch.Tensor) -> torch.Tensor:
+        """Additive mask for `Block.context`: per block (B * n_blocks, 1, b, N_COND + b); when one block
+        holds every microbe, the whole context's (B, 1, N_COND + D, N_COND + D), so that narrow tables
+        take one attention call, as before blocks existed (and give the same floats)."""
+        allow = context_attention(step, N_COND, self.attn_block)
+        if allow.shape[0] == step.shape[0]:
+            c = N_COND
+            top = torch.zeros(allow.shape[0], 1, c, allow.shape[-1], dtype=torch.bool, device=allow.device)
+            top[..., :c] = True  # condition tokens see only each other
+            allow = torch.cat([top, allow], dim=2)
+        return additive(allow)
+
+    def noisy_mask(self, step: torch.Tensor, dep: torch.Tensor | None, mode: str, noisy_idx: torch.Tensor,
+                   noisy_valid: torch.Tensor) -> torch.Tensor:
+        return additive(noisy_attention(step, N_COND, dep, mode, noisy_idx, noisy_valid))
+
+
+def sampling_cache(cache: list, n_noisy: int) -> list:
+    """The context KV cache with room for `n_noisy` noisy tokens after it (no-grad sampling only)."""
+    out = []
+    for k, v in cache:
+        B, h, n, d = k.shape
+        kb, vb = k.new_empty(B, h, n + n_noisy, d), v.new_empty(B, h, n + n_noisy, d)
+        kb[:, :, :n], vb[:, :, :n] = k, v
+        out.append((kb, vb))
+    return out
 
 
 def residual_features(Y: torch.Tensor, flag: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from depmicro.core.errors import DepmicroError
 from depmicro.core.imputer import keep_observed
 from depmicro.core.model.config import ModelConfig
 from depmicro.core.model.dat import DAT, residual_features
+from depmicro.core.model.memory import plan_rows
 from depmicro.core.model.metadata import MetadataEncoder
 from depmicro.core.model.vae import TokenVAE
 
@@ -70,10 +71,11 @@ class DepMicroDiffImputer:
             "dat": DAT(n_taxa, cfg.latent_dim, hidden=cfg.hidden_dim, layers=cfg.n_layers, heads=cfg.n_heads,
                        mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout, meta_dim=meta_dim,
                        residual_condition=cfg.residual_condition,
-                       alpha_bar=self.diffusion.alpha_bar if cfg.eps_head == "x0" else None),
+                       alpha_bar=self.diffusion.alpha_bar if cfg.eps_head == "x0" else None, attn_block=cfg.attn_block),
         })
         self.device = torch.device("cpu")
         self._meta_encoder = None
+        self.infer_rows: int | None = None  # rows per imputation batch, set by a trainer under a memory cap
 
     # --- helpers -------------------------------------------------------------------------------
     @property
@@ -177,9 +179,11 @@ class DepMicroDiffImputer:
         meta, has = self.meta_vectors(metadata, len(Y))
         self.net.eval()
         yv = np.where(observed, np.nan_to_num(Y), 0.0).astype(np.float32)
+        # INFER_BATCH unless cfg.max_memory caps it; the trainer plans once, before its allocations
+        rows = self.infer_rows or plan_rows(self.cfg, Y, observed, INFER_BATCH)[1]
         out = []
-        for i in range(0, len(Y), INFER_BATCH):
-            sl = slice(i, i + INFER_BATCH)
+        for i in range(0, len(Y), rows):
+            sl = slice(i, i + rows)
             y = torch.as_tensor(yv[sl], device=self.device)
             m = torch.as_tensor(observed[sl], device=self.device)
             mt = None if meta is None else torch.as_tensor(meta[sl], device=self.device)

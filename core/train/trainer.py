@@ -20,7 +20,8 @@ from depmicro.core.errors import DepmicroError
 from depmicro.core.io.manifest import MANIFEST, read_bundle, read_member
 from depmicro.core.model.bundle import manifested_dir, write_model_files
 from depmicro.core.model.config import ModelConfig
-from depmicro.core.model.imputer import DepMicroDiffImputer, LatentStats
+from depmicro.core.model.imputer import INFER_BATCH, DepMicroDiffImputer, LatentStats
+from depmicro.core.model.memory import plan_rows
 
 @dataclass
 class EpochReport:
@@ -117,6 +118,8 @@ class Trainer:
         self.total_steps = cfg.train_steps if cfg.train_steps > 0 else cfg.epochs * epoch_batches(len(self.Y), cfg.batch_size)
         self.step = 0
         self.ema = [p.detach().clone() for p in imp.dat.parameters()] if cfg.ema_decay > 0 else None
+        # batch_size / INFER_BATCH unless cfg.max_memory caps them; planned before training allocates
+        self.micro, imp.infer_rows = plan_rows(cfg, Y_view, observed, INFER_BATCH)
 
     def _set_lr(self) -> None:
         f = lr_factor(self.step, self.total_steps, self.cfg.warmup_steps, self.cfg.lr_schedule)
@@ -171,22 +174,25 @@ class Trainer:
             batches = tqdm(batches, leave=False, desc="batches", file=__import__("sys").stderr)
         total, n = 0.0, 0
         for idx in batches:
-            y = torch.as_tensor(self.Y[idx], device=dev)
-            m = torch.as_tensor(self.obs[idx], device=dev)
-            meta = None if self.meta is None else torch.as_tensor(self.meta[idx], device=dev)
-            has = torch.as_tensor(self.has[idx], device=dev)
             self._set_lr()
-            with self.acc.autocast():
-                loss = epsilon_loss(imp, y, m, meta, has, self.rng)
             self.opt.zero_grad(set_to_none=True)
-            self.acc.backward(loss)
+            for i in range(0, len(idx), self.micro):  # gradient accumulation: one optimizer step per batch
+                part = idx[i : i + self.micro]
+                y = torch.as_tensor(self.Y[part], device=dev)
+                m = torch.as_tensor(self.obs[part], device=dev)
+                meta = None if self.meta is None else torch.as_tensor(self.meta[part], device=dev)
+                has = torch.as_tensor(self.has[part], device=dev)
+                with self.acc.autocast():
+                    loss = epsilon_loss(imp, y, m, meta, has, self.rng)
+                # weighted by rows (the loss is a mean over the part's target tokens; equal in expectation)
+                self.acc.backward(loss * (len(part) / len(idx)) if len(part) < len(idx) else loss)
+                total += loss.item() * len(part)
+                n += len(part)
             if cfg.grad_clip > 0:
                 self.acc.clip_grad_norm_(imp.dat.parameters(), cfg.grad_clip)
             self.opt.step()
             self.step += 1
             self._update_ema()
-            total += loss.item() * len(idx)
-            n += len(idx)
         imp.net.eval()
         return total / max(n, 1)
 

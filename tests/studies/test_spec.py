@@ -162,7 +162,7 @@ def _bad_cases() -> dict[str, tuple[dict, str]]:
         "resources key": (q(resources_per_trial={"cpus": 1}), "unknown key 'cpus'"),
         "unknown metric": (q(metric="val_auc"), "metric must be one of"),
         "wrong mode": (q(metric="val_rmse", mode="max"), "would search for the worst models"),
-        "baseline": (q(baselines=["svd"]), "baselines must be a list of mean, knn, iterative"),
+        "baseline": (q(baselines=["svd"]), "baselines must be a list of mean, knn, iterative, missforest, softimpute"),
     }
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from depmicro.core.cli import main
 from depmicro.core.data import load_dataset
-from tests.helpers import tcma_path
+from tests.helpers import REPO, tcma_path
 
 
 def run(capsys, *argv):
@@ -75,13 +75,16 @@ def _bad_inputs(tmp):
         "unknown baseline": (["baseline", good, "--method", "svd"], "invalid choice"),
         "bad test ratio": (["baseline", good, "--method", "mean", "--test-ratio", "1.5"], "between 0 and 1"),
         "too sparse to hold out": (["baseline", w("zeros.csv", "sample,t1,t2\na,0,0\nb,0,0\n"), "--method", "mean"], "too few nonzero"),
+        "zero max iter": (["baseline", good, "--method", "iterative", "--max-iter", "0"], "max_iter must be >= 1"),
+        "bad memory cap": (["train", str(REPO / "studies" / "configs" / "tiny.yaml"), "--data", good, "--max-memory", "lots",
+                            "--out", str(tmp / "model")], "max_memory must be a size"),
     }
 
 
 BAD_CASES = [
     "missing file", "empty file", "header only", "NaN cell", "inf cell", "negative", "string cell",
     "duplicate sample ids", "duplicate taxa", "metadata not covering", "corrupt h5ad", "unknown format",
-    "unknown baseline", "bad test ratio", "too sparse to hold out",
+    "unknown baseline", "bad test ratio", "too sparse to hold out", "zero max iter", "bad memory cap",
 ]
 
 

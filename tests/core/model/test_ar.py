@@ -141,3 +141,34 @@ def test_token_rank_orders():
     assert token_rank("dependency", Y, obs, F, 3.0)[2] == 0
     with pytest.raises(DepmicroError):
         token_rank("dependency", Y, obs)
+
+
+@pytest.mark.parametrize("block", [0, 3, 4, 20])
+def test_blocked_context_opens_only_what_algorithm2_opens(block):
+    """Clean tokens attend in blocks: every open pair is open in step_attention (no leakage), and one
+    block (block 0 or >= D) is exactly step_attention's context rows."""
+    from depmicro.core.model.ar import block_size, context_attention
+
+    rng = np.random.default_rng(block)
+    B, D, c = 3, 10, 2
+    step = torch.as_tensor(rng.integers(0, 4, size=(B, D)))
+    ref = step_attention(step, c, None, "off")[:, 0, : c + D, : c + D]
+    blocks = context_attention(step, c, block)[:, 0]
+    b = block_size(D, block)
+    nb = -(-D // b)
+    assert blocks.shape == (B * nb, b, c + b)
+    full = torch.zeros(B, c + D, c + D, dtype=torch.bool)
+    full[:, :c, :c] = True  # condition tokens attend each other (computed apart from the blocks)
+    for i in range(nb):
+        cols = list(range(i * b, min((i + 1) * b, D)))
+        n = len(cols)
+        blk = blocks.view(B, nb, b, c + b)[:, i]
+        assert not blk[:, n:, c:].any() and blk[:, :, :c].all()  # padding: closed keys, queries see the condition
+        rows = [c + j for j in cols]
+        full[:, rows, :c] = blk[:, :n, :c]
+        full[:, np.ix_(rows, rows)[0], np.ix_(rows, rows)[1]] = blk[:, :n, c : c + n]
+    assert not (full & ~ref).any()
+    if b == D:
+        assert torch.equal(full, ref)
+    else:
+        assert (ref & ~full).any()  # blocks did close some cross-block pairs

@@ -358,3 +358,51 @@ def test_loss_on_given_targets_is_a_heldout_denoising_loss():
     a, b = loss(split.val), loss(split.val)
     c = loss(split.test)  # not in `seen`: ignored -> no targets
     assert a == b > 0 and c == 0.0
+
+
+def test_blocked_attention_is_the_full_mask_pass_for_one_block(monkeypatch):
+    """The DAT's attention (condition apart, clean tokens in blocks, noisy rows alone) reproduces one
+    scaled_dot_product_attention pass under the whole step_attention mask when one block holds every
+    microbe; smaller blocks change the result (they close cross-block pairs) but keep AR causality."""
+    from depmicro.core.model import dat as dat_mod
+
+    D, B = 9, 3
+    g = torch.Generator().manual_seed(1)
+    step = torch.tensor([[0, 1, 1, 2, 2, 0, 3, 0, 1]] * B)
+    idx, valid = (torch.as_tensor(a) for a in gather_index(step.numpy() > 0))
+    dep = torch.ones(D, D, dtype=torch.bool)
+
+    def make(block):
+        imp = DepMicroDiffImputer(cfg_of(n_layers=2, attn_block=block), D)
+        torch.nn.init.normal_(imp.dat.out.weight)
+        return imp
+
+    def run(imp):
+        with torch.no_grad():
+            return imp.dat(*args[:3], **kwargs)
+
+    k = 2
+    z_clean, z_noisy = torch.randn(B, D, k, generator=g), torch.randn(*idx.shape, k, generator=g)
+    t = torch.randint(0, 100, idx.shape, generator=g)
+    cond = torch.randn(B, 2, 16, generator=g)
+    args = (z_clean, z_noisy, t)
+    kwargs = dict(x_obs=torch.rand(B, D, generator=g), flag=step == 0, step=step, cond=cond, dep=dep, mode="restrict",
+                  noisy_idx=idx, noisy_valid=valid, hint=torch.randn(*idx.shape, k, generator=g))
+    one_block = run(make(0))
+    small_blocks = run(make(4))
+    from depmicro.core.model.ar import context_attention
+
+    with monkeypatch.context() as mp:  # the block code path itself, with one block of all D microbes
+        mp.setattr(dat_mod.DAT, "context_mask", lambda self, st: context_attention(st, 2, D))
+        one_block_blocked = run(make(0))
+
+    def full_context(self, x, allow):  # the pre-block implementation: one pass under the dense mask
+        q, kk, v = self._qkv(x)
+        return self._finish(x, self._attend(q, kk, v, allow)), kk, v
+
+    monkeypatch.setattr(dat_mod.Block, "context", full_context)
+    monkeypatch.setattr(dat_mod.DAT, "context_mask", lambda self, st: step_attention(st, 2, None, "off")[:, :, : 2 + D, : 2 + D])
+    dense = run(make(0))
+    assert torch.allclose(one_block, dense, atol=1e-5)
+    assert torch.allclose(one_block_blocked, dense, atol=1e-5)
+    assert not torch.allclose(small_blocks, dense, atol=1e-3)
