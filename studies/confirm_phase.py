@@ -1,6 +1,6 @@
 """The confirmation phase of a study (studies/confirm.py says what and why): a second Tune
 experiment, `<name>-confirm` next to the study's, one trial per (configuration, data set, confirm
-seed), tracked as `depmicro.kind=confirm` child runs of the same parent run. The configurations are
+seed), tracked as child runs of kind schema.KIND_CONFIRM of the same parent run. The configurations are
 fixed in the study state the first time the phase starts, so a resumed phase re-runs the same ones.
 """
 from __future__ import annotations

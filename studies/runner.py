@@ -213,7 +213,7 @@ def resume_study(name: str, address: str | None = None, tracking_uri: str | None
             os.environ[tuner.RESUME_BUDGET_ENV] = str(float(time_budget))
             budget = time_budget or None
         if changed:
-            log(f"[{name}] resuming with changed data ({len(changed)} file(s)); recorded as depmicro.data_changed")
+            log(f"[{name}] resuming with changed data ({len(changed)} file(s)); recorded as {schema.TAG_DATA_CHANGED}")
         return _execute(spec, exp, uri, exp_id, parent, address, log, restore=True, budget=budget)
 
 

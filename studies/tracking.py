@@ -154,7 +154,7 @@ def log_provenance(tracking_uri: str, parent_run_id: str, prov: dict) -> None:
 
 
 def log_resume(tracking_uri: str, parent_run_id: str, resumes: list[dict]) -> None:
-    """Every `study resume` so far, with what differed; `depmicro.data_changed` once data changed."""
+    """Every `study resume` so far, with what differed; TAG_DATA_CHANGED once data changed."""
     client = client_for(tracking_uri)
     client.log_dict(parent_run_id, resumes, ARTIFACT_RESUMES)
     client.set_tag(parent_run_id, TAG_RESUMES, str(len(resumes)))
@@ -163,7 +163,7 @@ def log_resume(tracking_uri: str, parent_run_id: str, resumes: list[dict]) -> No
 
 
 def set_stopped_on(tracking_uri: str, parent_run_id: str, reason: str | None) -> None:
-    """`depmicro.stopped_on` names what ended the last session early (time_budget), or is empty."""
+    """TAG_STOPPED_ON names what ended the last session early (time_budget), or is empty."""
     client_for(tracking_uri).set_tag(parent_run_id, TAG_STOPPED_ON, reason or "")
 
 

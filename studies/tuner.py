@@ -85,7 +85,7 @@ def run_config(spec: StudySpec, storage: Path, callbacks: list):
 
 class TrialTimeStopper(Stopper):
     """`max_trial_seconds`: stop a trial whose training time (Tune's time_total_s, kept across
-    restores) passed the limit; the tracker tags its run depmicro.stopped_on=max_trial_seconds."""
+    restores) passed the limit; the tracker tags its run (schema.TAG_STOPPED_ON = max_trial_seconds)."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
