@@ -27,6 +27,7 @@ import pandas as pd
 from depmicro.analysis.stats import paired
 from depmicro.core.data.evaluation import direction
 from depmicro.studies.spec import BASE_ARM
+from depmicro.core.model.config import ModelConfig, config_to_dict
 
 ALPHA = 0.05
 CLAIM_METRICS = ("pcc_per_microbe", "rmse")
@@ -130,8 +131,6 @@ def claims_table(results: pd.DataFrame, base: dict[str, str], metadata_sets: set
 def study_context(parent: pd.Series | None) -> tuple[dict[str, str], set[str] | None]:
     """Base configuration values and the datasets with metadata, from the parent run's params
     (the flattened study spec); ModelConfig defaults fill the factors the base config left alone."""
-    from depmicro.core.model.config import ModelConfig, config_to_dict
-
     base = {k: str(v) for k, v in config_to_dict(ModelConfig()).items()}
     if parent is None:
         return base, None

@@ -20,6 +20,7 @@ from typing import Any
 
 from depmicro.core.data.evaluation import METRICS, better
 from depmicro.core.errors import DepmicroError
+from depmicro.core.model.config import ModelConfig, config_from_dict
 
 PREFIX = "inference/"
 ARTIFACT = "inference.json"
@@ -28,9 +29,7 @@ SCORES = (*(f"val_{m}" for m in METRICS), *(f"test_{m}" for m in METRICS), "seco
 
 
 def knobs() -> tuple[str, ...]:
-    """The inference-only ModelConfig fields; `estimate` joins once the model config has it."""
-    from depmicro.core.model.config import ModelConfig
-
+    """The inference-only ModelConfig fields."""
     names = {f.name for f in dataclasses.fields(ModelConfig)}
     return tuple(k for k in (*BASE_KNOBS, "estimate") if k in names)
 
@@ -133,8 +132,6 @@ def pareto_front(points: list[tuple[float, float]], higher_is_better: bool = Tru
 
 def parse_inference(v: Any, base_config: dict, taken: set[str]) -> InferenceSpec | None:
     """`inference:` -> InferenceSpec. Values are typed through ModelConfig, so 1 and 1.0 are one setting."""
-    from depmicro.core.model.config import config_from_dict
-
     if v is None:
         return None
     if not isinstance(v, dict) or not v:

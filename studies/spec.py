@@ -23,6 +23,7 @@ from depmicro.core.io.safe_yaml import load_yaml
 from depmicro.core.model.config import ModelConfig, config_from_dict, config_to_dict
 from depmicro.studies.confirm import ConfirmSpec, parse_confirm
 from depmicro.studies.inference import InferenceSpec, inference_from_json, parse_inference
+from depmicro.core.model.config import config_from_dict
 
 SYNTHETIC = "synthetic"
 PARAM_TYPES = ("uniform", "loguniform", "int", "choice", "grid")
@@ -127,7 +128,6 @@ class StudySpec:
         train the same model with the same seeds once per factor; they collapse into one arm, "base"."""
         if not self.ablate:
             return {"search": {}}
-        from depmicro.core.model.config import config_from_dict
 
         base = config_from_dict(self.base_config)
         out: dict[str, dict] = {}

@@ -41,6 +41,7 @@ from depmicro.studies.inference import label as inference_label
 from depmicro.studies.inference import metric_key
 from depmicro.studies.schema import ARTIFACT_PER_MICROBE
 from depmicro.studies.spec import StudySpec, split_data_key
+from depmicro.core.data.evaluation import evaluate, training_view
 
 TRIAL_INDEX = "__trial_index__"  # set by ray.tune.search.Repeater (Optuna over several datasets/seeds)
 FINAL_FILE = "final.json"
@@ -233,8 +234,6 @@ def score_inference(spec: StudySpec, imputer, cfg: ModelConfig, data, split, def
     its validation and test scores and its seconds. The default setting's scores come from the
     imputation fit already scored (so they equal the trial's own val/test metrics); its seconds from
     its own timed run like every other setting."""
-    from depmicro.core.data.evaluation import evaluate, training_view
-
     Y = data.normalized
     view = training_view(Y, split)
     meta = data.metadata_text() if cfg.use_metadata else None

@@ -14,6 +14,7 @@ from typing import Any
 from depmicro.core.errors import DepmicroError
 from depmicro.studies.confirm import rank_configs, score_key
 from depmicro.studies.spec import Param, StudySpec
+from depmicro.studies.tracking import study_status
 
 
 def in_space(p: Param, v: Any) -> bool:
@@ -29,8 +30,6 @@ def in_space(p: Param, v: Any) -> bool:
 def warm_points(spec: StudySpec, tracking_uri: str) -> list[dict]:
     """The earlier study's K best configurations over this study's searched fields, best first;
     DepmicroError (one line) when one falls outside this study's search space."""
-    from depmicro.studies.tracking import study_status
-
     ws = spec.warm_start
     try:
         earlier = study_status(ws.study, tracking_uri)

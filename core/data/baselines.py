@@ -7,6 +7,7 @@ import numpy as np
 
 from depmicro.core.errors import DepmicroError
 from depmicro.core.imputer import Imputer, keep_observed
+from depmicro.core.data.softimpute import SoftImputer
 
 
 @dataclass
@@ -107,8 +108,6 @@ def make_baseline(name: str, seed: int = 0, max_iter: int | None = None, n_neare
     if name == "mean":
         return MeanImputer()
     if name == "softimpute":
-        from depmicro.core.data.softimpute import SoftImputer
-
         return SoftImputer(seed=seed, max_iter=max_iter or 100)
     return SklearnImputer(name=name, seed=seed, max_iter=max_iter, n_nearest_features=n_nearest_features)
 

@@ -22,6 +22,7 @@ import math
 import numpy as np
 
 from depmicro.core.errors import DepmicroError
+from depmicro.core.data.dataset import normalize
 
 METRICS = ("pcc_per_microbe", "pcc", "cos", "rmse", "mae")  # scores: what validation selects and tables show
 COUNTS = ("n_microbes", "n_heldout")  # sizes evaluate() also returns (not scores, never selected on)
@@ -99,8 +100,6 @@ def protocol_matrix(counts: np.ndarray, split: Split, protocol: str = "paper") -
     entries were all held out has no observed mass to set a scale; its held-out truth falls back to
     the whole row's sum (its view is all zeros either way, so nothing leaks).
     """
-    from depmicro.core.data.dataset import normalize
-
     if protocol not in PROTOCOLS:
         raise DepmicroError(f"unknown protocol {protocol!r} (choose from {', '.join(PROTOCOLS)})")
     counts = np.asarray(counts, dtype=np.float64)

