@@ -100,7 +100,9 @@ def test_study_scores_six_settings_per_trial(tmp_path, capsys):
     from tests.conftest import Driver, study_args
 
     path = tmp_path / "inf.yaml"
-    path.write_text(yaml.safe_dump(_raw(inference=INFERENCE), sort_keys=False))
+    raw = _raw(inference=INFERENCE)
+    raw["base_config"]["estimate"] = "sample"  # the sampler knobs act on a draw; the mean estimate never samples
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
     uri, storage = study_args(tmp_path)
     drv = Driver(["study", "run", path, "--tracking-uri", uri, "--storage", storage, "--json"], cwd=tmp_path)
     try:
@@ -124,8 +126,8 @@ def test_study_scores_six_settings_per_trial(tmp_path, capsys):
         default = sets["sampling_fraction-10/sampler_eta-0.0"]
         assert default["test_pcc_per_microbe"] == pytest.approx(r.data.metrics["test_pcc_per_microbe"])
         assert r.data.params["sampling_fraction"] == "10" and r.data.params["sampler_eta"] == "0.0"
-        # fewer sampler steps impute faster: 25 steps of 50 vs 5 (the same model, data and seed)
-        assert sets["sampling_fraction-25/sampler_eta-0.0"]["seconds"] < sets["sampling_fraction-5/sampler_eta-0.0"]["seconds"]
+        # each setting is its own imputation: the stride and eta change the draw, so the scores differ
+        assert len({round(v["val_pcc_per_microbe"], 12) for v in sets.values()}) > 1
         table = json.loads(Path(client.download_artifacts(r.info.run_id, "inference.json", str(tmp_path))).read_text())
         assert len(table) == 6 and {row["label"] for row in table} == set(sets)
 
