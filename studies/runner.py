@@ -263,7 +263,6 @@ def _execute(spec: StudySpec, exp: Path, tracking_uri: str, exp_id: str, parent:
         done = sum(v for k, v in counts.items() if k in schema.TERMINAL)
         # Tune returns early only when stopped (SIGINT/SIGTERM): every other end runs all trials
         status = "FINISHED" if done >= total else "KILLED"
-        confirmed = None
         if status == "FINISHED" and spec.confirm:
             state = _read_state(exp)
             points = state.get("confirm_points") or confirm_phase.choose_points(spec, tracking_uri)
