@@ -2,6 +2,7 @@
 
     python tests/bench/compare.py [--sets stad coad hnsc] [--seeds 0 1 2] [--config studies/configs/tiny.yaml]
                                   [--set key=value ...] [--no-pretrain] [--projection] [--markdown out.md]
+                                  [--protocol paper renormalized]   # both protocols, same masks, every method
 
 Prints one JSON object (rows + markdown table). With the config's vae_pretrain on, the VAE is
 pretrained on the other TCMA sets (leave-target-out), as in the paper. --projection adds, for every
@@ -21,7 +22,7 @@ import numpy as np
 from depmicro.core.data.baselines import BASELINES, impute_with_baseline
 from depmicro.core.model.config import load_config
 from depmicro.core.data import load_dataset
-from depmicro.core.data.evaluation import evaluate, make_split, training_view
+from depmicro.core.data.evaluation import PROTOCOLS, evaluate, make_split, protocol_matrix, training_view
 from depmicro.core.data.projection import project_missing_mass
 from depmicro.core.train import fit
 
@@ -32,26 +33,26 @@ KEYS = ("pcc_per_microbe", "pcc", "cos", "rmse", "mae")
 
 
 def run(sets, seeds, config: Path, overrides, pretrain: bool, baselines=BASELINES, projection: bool = False,
-        vae_cache: str | None = None) -> list[dict]:
+        vae_cache: str | None = None, protocols: tuple[str, ...] = ("paper",)) -> list[dict]:
     rows = []
     for name in sets:
         meta = TCMA / f"{name}_metadata.tsv"
         ds = load_dataset(TCMA / f"{name}.h5ad", metadata=meta if meta.exists() else None)
         others = [load_dataset(TCMA / f"{o}.h5ad") for o in ALL if o != name] if pretrain else []
-        Y = ds.normalized
-        for seed in seeds:
-            cfg = load_config(config, [*overrides, f"seed={seed}"])
-            split = make_split(Y, seed=seed, test_ratio=cfg.test_ratio, val_ratio=cfg.val_ratio)
+        for seed, protocol in ((s, p) for s in seeds for p in protocols):
+            cfg = load_config(config, [*overrides, f"seed={seed}", f"protocol={protocol}"])
+            split = make_split(ds.normalized, seed=seed, test_ratio=cfg.test_ratio, val_ratio=cfg.val_ratio)
+            Y = protocol_matrix(ds.counts, split, protocol)  # what every method sees and is scored on (fit does the same)
             for method in baselines:
                 filled, seconds = impute_with_baseline(method, Y, split.observed, seed=seed)
-                rows.append({"dataset": name, "method": method, "seed": seed, **evaluate(Y, filled, split.test),
+                rows.append({"dataset": name, "protocol": protocol, "method": method, "seed": seed, **evaluate(Y, filled, split.test),
                              "seconds": round(seconds, 2), "config": "-"})
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
                 if projection:
                     rows.append({**rows[-1], "method": f"{method}+mass", **evaluate(Y, project_missing_mass(Y, split.observed, filled), split.test)})
             res = fit(cfg, ds, split, pretrain=others, vae_cache_dir=vae_cache)
             enc = res.imputer.encoder_impute(training_view(Y, split), split.observed)  # the DAT's floor, same VAE
-            rows.append({"dataset": name, "method": "depmicrodiff", "seed": seed, **res.test, "val_pcc_per_microbe": res.val.get("pcc_per_microbe"),
+            rows.append({"dataset": name, "protocol": protocol, "method": "depmicrodiff", "seed": seed, **res.test, "val_pcc_per_microbe": res.val.get("pcc_per_microbe"),
                          "encoder_val_pcc_per_microbe": evaluate(Y, enc, split.val)["pcc_per_microbe"],
                          "encoder_test_pcc_per_microbe": evaluate(Y, enc, split.test)["pcc_per_microbe"],
                          "seconds": round(res.seconds, 2), "epochs": res.epochs, "config": config.stem + ("+" + ",".join(overrides) if overrides else ""),
@@ -65,16 +66,16 @@ def run(sets, seeds, config: Path, overrides, pretrain: bool, baselines=BASELINE
 
 
 def markdown(rows: list[dict]) -> str:
-    out = ["| dataset | method | " + " | ".join(KEYS) + " | config | seeds | seconds/run |", "|---" * (len(KEYS) + 5) + "|"]
+    out = ["| dataset | protocol | method | " + " | ".join(KEYS) + " | config | seeds | seconds/run |", "|---" * (len(KEYS) + 6) + "|"]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["dataset"], r["method"]), []).append(r)
-    for (ds, method), rs in groups.items():
+        groups.setdefault((r["dataset"], r.get("protocol", "paper"), r["method"]), []).append(r)
+    for (ds, protocol, method), rs in groups.items():
         cells = []
         for k in KEYS:
             v = np.array([r[k] for r in rs], dtype=float)
             cells.append(f"{v.mean():.3f}" + (f" ± {v.std(ddof=1):.3f}" if len(v) > 1 else ""))
-        out.append(f"| {ds} | {method} | " + " | ".join(cells) + f" | {rs[0]['config']} | {len(rs)} | {np.mean([r['seconds'] for r in rs]):.1f} |")
+        out.append(f"| {ds} | {protocol} | {method} | " + " | ".join(cells) + f" | {rs[0]['config']} | {len(rs)} | {np.mean([r['seconds'] for r in rs]):.1f} |")
     return "\n".join(out)
 
 
@@ -88,13 +89,15 @@ if __name__ == "__main__":
     ap.add_argument("--baselines", nargs="*", default=list(BASELINES), help="classical imputers to run next to it (none: skip)")
     ap.add_argument("--markdown", type=Path, help="also write the table here")
     ap.add_argument("--projection", action="store_true", help="also score every method after the missing-mass projection")
+    ap.add_argument("--protocol", nargs="+", choices=PROTOCOLS, default=["paper"], help="one or both protocols (same masks)")
     ap.add_argument("--vae-cache", help="VAE cache directory (core/vae_cache.py); a hit gives the same model as training it")
     args = ap.parse_args()
     if not TCMA.exists():
         sys.exit(f"TCMA data absent: {TCMA}")
     import torch
 
-    rows = run(args.sets, args.seeds, args.config, args.set, not args.no_pretrain, tuple(args.baselines), args.projection, args.vae_cache)
+    rows = run(args.sets, args.seeds, args.config, args.set, not args.no_pretrain, tuple(args.baselines), args.projection, args.vae_cache,
+               tuple(args.protocol))
     table = markdown(rows)
     if args.markdown:
         args.markdown.write_text(table + "\n")
