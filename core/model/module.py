@@ -1,6 +1,11 @@
-"""DepMicroDiff behind the project's `Imputer` interface (core/imputer.py): the VAE and DAT
-networks, the latent scaling, and imputation. The diffusion loss and AR sampler are in
-core/diffusion/, training in core/train/, bundles in model/bundle.py."""
+"""The DepMicroDiff model: the VAE and DAT networks, the latent scaling, the Dep matrix and AR order,
+and imputation (mean estimate, draws, uncertainty). What training updates (core/train/), bundles
+save and load (model/bundle.py), and the user-facing DepMicroDiffImputer (model/imputer.py) wraps
+with the Imputer protocol's `fit`. The diffusion loss and AR sampler are in core/diffusion/.
+
+The layers, as in scvi-tools: this module (networks + inference) <- core/train (the training plan:
+VAE phase, DAT trainer, `fit` under the held-out protocol) <- model/imputer.py (the user API). Each
+imports only the layers below it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,7 +48,7 @@ class LatentStats:
         return cls(*(np.asarray(d[f"latent_{k}"], dtype=np.float32) for k in ("mean", "std", "lo", "hi")))
 
 
-class DepMicroDiffImputer:
+class DepMicroDiff:
     """Fills missing entries of normalized profiles by latent AR-diffusion.
 
     `dep` is the Dep matrix (bool (D, D), row may attend column) used inside AR steps, `rank` the
@@ -94,7 +99,7 @@ class DepMicroDiffImputer:
     def latent_stats(self, stats: LatentStats) -> None:
         self.latent_mean, self.latent_std, self.latent_lo, self.latent_hi = stats.mean, stats.std, stats.lo, stats.hi
 
-    def to(self, device: torch.device | str) -> "DepMicroDiffImputer":
+    def to(self, device: torch.device | str) -> "DepMicroDiff":
         self.device = torch.device(device)
         self.net.to(self.device)
         return self
@@ -223,10 +228,3 @@ class DepMicroDiffImputer:
         Y, observed = self._check_input(Y, observed)
         draws = self.sample(Y, observed, max(2, n or self.cfg.n_impute_samples), metadata, seed)
         return np.where(observed, 0.0, draws.std(axis=0))
-
-    def fit(self, Y: np.ndarray, observed: np.ndarray, metadata: Sequence[str | None] | None = None) -> "DepMicroDiffImputer":
-        """Train on the observed entries only, for cfg.epochs (no validation split: see train.fit for that)."""
-        from depmicro.core.train import train_on_view
-
-        train_on_view(self, np.asarray(Y, dtype=np.float64), np.asarray(observed, dtype=bool), metadata)
-        return self

@@ -22,7 +22,7 @@ from depmicro.core.deps import cached_dep_stats, dependency_mask
 from depmicro.core.errors import DepmicroError
 from depmicro.core.model.ar import token_rank
 from depmicro.core.model.config import ModelConfig
-from depmicro.core.model.imputer import DepMicroDiffImputer
+from depmicro.core.model.module import DepMicroDiff
 from depmicro.core.model.metadata import MetadataEncoder
 from depmicro.core.train.trainer import EpochReport, OnEpoch, Trainer, save_checkpoint, seed_all
 from depmicro.core.train.vae_phase import VaeEntry, pretrain_vae
@@ -30,7 +30,7 @@ from depmicro.core.train.vae_phase import VaeEntry, pretrain_vae
 
 @dataclass
 class FitResult:
-    imputer: DepMicroDiffImputer  # the best-validation model
+    imputer: DepMicroDiff  # the best-validation model
     val: dict[str, float]
     test: dict[str, float]
     filled: np.ndarray  # its imputation of the training view (every held-out entry filled), scored as val/test
@@ -54,13 +54,13 @@ def dependency_inputs(cfg: ModelConfig, Y_view: np.ndarray, dep_stats=None) -> t
 
 
 def build_imputer(cfg: ModelConfig, Y_view: np.ndarray, observed: np.ndarray, var_names: Sequence[str] | None,
-                  metadata: Sequence[str | None] | None, dep_stats=None) -> DepMicroDiffImputer:
+                  metadata: Sequence[str | None] | None, dep_stats=None) -> DepMicroDiff:
     dep, f_stat = dependency_inputs(cfg, Y_view, dep_stats)
     rank = token_rank(cfg.ar_order, Y_view, observed, f_stat, cfg.f_threshold)
     meta_dim = 0
     if cfg.use_metadata and metadata is not None and any(metadata):
         meta_dim = MetadataEncoder(cfg.metadata_model).dim
-    return DepMicroDiffImputer(cfg, Y_view.shape[1], var_names, meta_dim, dep=dep, rank=rank)
+    return DepMicroDiff(cfg, Y_view.shape[1], var_names, meta_dim, dep=dep, rank=rank)
 
 
 # --- entry points --------------------------------------------------------------------------------
@@ -146,7 +146,7 @@ def fit(cfg: ModelConfig, data: Dataset, split: Split, *, pretrain: Sequence[Dat
                      vae_source=vae_info["source"], vae_seconds=float(vae_info["seconds"]))
 
 
-def train_on_view(imp: DepMicroDiffImputer, Y: np.ndarray, observed: np.ndarray, metadata=None) -> DepMicroDiffImputer:
+def train_on_view(imp: DepMicroDiff, Y: np.ndarray, observed: np.ndarray, metadata=None) -> DepMicroDiff:
     """The Imputer-protocol fit: VAE then cfg.epochs (or cfg.train_steps) of DAT training on the observed entries, no selection."""
     cfg = imp.cfg
     seed_all(cfg.seed)
