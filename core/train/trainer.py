@@ -7,6 +7,7 @@ import io
 import json
 import math
 import random
+import sys
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,7 +172,7 @@ class Trainer:
         if progress:
             from tqdm.auto import tqdm
 
-            batches = tqdm(batches, leave=False, desc="batches", file=__import__("sys").stderr)
+            batches = tqdm(batches, leave=False, desc="batches", file=sys.stderr)
         total, n = 0.0, 0
         for idx in batches:
             self._set_lr()
