@@ -1,5 +1,5 @@
 """The `depmicro analyze` and `depmicro export` commands: their table and arguments. The handlers
-(analysis/commands.py) load MLflow, matplotlib, optuna and torch only when one of them runs."""
+(analysis/commands/, one module per command) load MLflow, matplotlib, optuna and torch only when one runs."""
 from __future__ import annotations
 
 import argparse
@@ -28,7 +28,7 @@ def export_arguments(p: argparse.ArgumentParser) -> None:
 
 COMMANDS = (
     Command("analyze", "tables, paired tests, importance and figures of a study, as report.html",
-            "depmicro.analysis.commands:analyze", analyze_arguments),
-    Command("export", "write the best trial of a study as a verified model bundle", "depmicro.analysis.commands:export",
+            "depmicro.analysis.commands.analyze:analyze", analyze_arguments),
+    Command("export", "write the best trial of a study as a verified model bundle", "depmicro.analysis.commands.export:export",
             export_arguments),
 )

@@ -140,3 +140,11 @@ def test_every_table_row_names_a_handler_the_loader_finds():
             assert callable(load(c.handler)), c.handler
         else:  # a group: at least one action under it
             assert any(n.startswith(c.name + " ") for n in names)
+
+
+def test_analyze_handler_loads_no_torch():
+    """Only `export` needs torch; `analyze` runs beside a live study (tests/studies/test_fault_paths.py)
+    and should not pay for it."""
+    probe = "import sys, depmicro.analysis.commands.analyze; print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "False"
