@@ -15,6 +15,7 @@ left RUNNING for trials Tune already counts as finished.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import subprocess
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
 from ray.tune import Callback
 
 from depmicro.core.errors import DepmicroError
@@ -53,8 +55,6 @@ def git_commit() -> str:
 
 
 def client_for(tracking_uri: str):
-    import logging
-
     from mlflow.tracking import MlflowClient
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # schema set-up chatter is not progress
@@ -137,8 +137,6 @@ def start_study(spec: StudySpec, tracking_uri: str, spec_text: str | None = None
     run = client.create_run(exp_id, run_name=spec.name, tags={
         TAG_STUDY: spec.name, TAG_KIND: KIND_STUDY, TAG_GIT_COMMIT: git_commit()})
     _log_params(client, run.info.run_id, flatten(spec.to_dict()))
-    import yaml
-
     client.log_text(run.info.run_id, spec_text if spec_text is not None else yaml.safe_dump(spec.to_dict(), sort_keys=False), ARTIFACT_SPEC)
     return exp_id, run.info.run_id
 

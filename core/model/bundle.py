@@ -6,6 +6,7 @@ in a temporary sibling directory and renamed into place, so a crash never leaves
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -103,8 +104,6 @@ def _int_field(d: Path, obj: dict, name: str, key: str, minimum: int = 0) -> int
 def load_model(directory: str | os.PathLike, device: str = "cpu"):
     """Rebuild a DepMicroDiff from a bundle, loading from the very bytes that were verified.
     Every field is checked for type and shape: a bundle is untrusted input, its faults one line."""
-    import io
-
     from safetensors import SafetensorError
     from safetensors.torch import load as load_safetensors
 
