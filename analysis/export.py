@@ -103,32 +103,8 @@ def export(study_name: str, out: str | Path, tracking_uri: str | None = None, me
     best = pick_best(study, metric, mode, dataset)
     client = MlflowClient(study.tracking_uri)
     run_id = str(best["run_id"])
-    cfg_val_metric = str(best.get("param.val_metric") or "pcc_per_microbe")
-    metrics = {
-        "selection": {"metric": metric, "mode": mode, "value": float(best[metric])},
-        "val": {"best_val_pcc_per_microbe": _finite(best.get("best_val_pcc_per_microbe")),
-                **_val_metrics_at_best(client, run_id, cfg_val_metric)},
-        "test": {m: _finite(best.get(f"test_{m}")) for m in (*METRICS, *COUNTS)},
-    }
-    for k in ("n_microbes", "n_heldout"):
-        if metrics["test"][k] is not None:
-            metrics["test"][k] = int(metrics["test"][k])
-    chosen = _chosen_inference(study, best)
-    if chosen:  # the bundle imputes with the trial's best inference setting; its test scores are that setting's
-        metrics["inference"] = chosen
-        metrics["test"].update({m: _finite(chosen["test"].get(m)) for m in METRICS if m in chosen["test"]})
-    provenance = {
-        "study": study.name, "trial_id": best["trial_id"], "run_id": run_id, "parent_run_id": best.get("parent_run_id"),
-        "experiment_id": study.experiment_id, "dataset": best["dataset"],
-        "seed": None if pd.isna(best["seed"]) else int(best["seed"]), "variant": best.get("variant"),
-        "label": best.get("label"), "git_commit": best.get("git_commit"), "tracking_uri": study.tracking_uri,
-        "model_artifact": f"runs:/{run_id}/{ARTIFACT_MODEL}",
-        "confirmed_winner": ({"rank": confirmed["winner"], "config": confirmed["winner_config"]}
-                             if among is not None and len(among) else None),
-        "n_candidates": int(len(study.finished) if dataset is None else (study.finished["dataset"] == dataset).sum()),
-        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-
+    metrics, chosen = _bundle_metrics(study, best, client, metric, mode)
+    provenance = _provenance(study, best, confirmed if among is not None and len(among) else None, dataset)
     with tempfile.TemporaryDirectory(prefix="depmicro-export-") as tmp:
         try:
             src = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=ARTIFACT_MODEL, dst_path=tmp))
@@ -158,6 +134,42 @@ def export(study_name: str, out: str | Path, tracking_uri: str | None = None, me
         result["registered"] = register_bundle(out, register, study)
     result["seconds"] = round(time.perf_counter() - t0, 2)
     return result
+
+
+def _bundle_metrics(study: StudyRuns, best: pd.Series, client, metric: str, mode: str) -> tuple[dict, dict | None]:
+    """metrics.json of the bundle (selection, validation at the kept epoch, test) and the trial's
+    chosen inference setting, whose test scores replace the default setting's."""
+    run_id = str(best["run_id"])
+    cfg_val_metric = str(best.get("param.val_metric") or "pcc_per_microbe")
+    metrics = {
+        "selection": {"metric": metric, "mode": mode, "value": float(best[metric])},
+        "val": {"best_val_pcc_per_microbe": _finite(best.get("best_val_pcc_per_microbe")),
+                **_val_metrics_at_best(client, run_id, cfg_val_metric)},
+        "test": {m: _finite(best.get(f"test_{m}")) for m in (*METRICS, *COUNTS)},
+    }
+    for k in ("n_microbes", "n_heldout"):
+        if metrics["test"][k] is not None:
+            metrics["test"][k] = int(metrics["test"][k])
+    chosen = _chosen_inference(study, best)
+    if chosen:  # the bundle imputes with the trial's best inference setting; its test scores are that setting's
+        metrics["inference"] = chosen
+        metrics["test"].update({m: _finite(chosen["test"].get(m)) for m in METRICS if m in chosen["test"]})
+    return metrics, chosen
+
+
+def _provenance(study: StudyRuns, best: pd.Series, confirmed: dict | None, dataset: str | None) -> dict:
+    """provenance.json of the bundle: which study, trial, run, data and commit it came from."""
+    run_id = str(best["run_id"])
+    return {
+        "study": study.name, "trial_id": best["trial_id"], "run_id": run_id, "parent_run_id": best.get("parent_run_id"),
+        "experiment_id": study.experiment_id, "dataset": best["dataset"],
+        "seed": None if pd.isna(best["seed"]) else int(best["seed"]), "variant": best.get("variant"),
+        "label": best.get("label"), "git_commit": best.get("git_commit"), "tracking_uri": study.tracking_uri,
+        "model_artifact": f"runs:/{run_id}/{ARTIFACT_MODEL}",
+        "confirmed_winner": {"rank": confirmed["winner"], "config": confirmed["winner_config"]} if confirmed else None,
+        "n_candidates": int(len(study.finished) if dataset is None else (study.finished["dataset"] == dataset).sum()),
+        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def register_bundle(bundle: str | Path, name: str, study: StudyRuns | None = None, zeros_missing: bool = False) -> dict:

@@ -19,7 +19,7 @@ from depmicro.core.model.bundle import load_model
 
 
 def impute_frame(imputer, counts: pd.DataFrame, zeros_missing: bool = False) -> pd.DataFrame:
-    """Impute a counts frame with a loaded DepMicroDiffImputer (see the module docstring)."""
+    """Impute a counts frame with a loaded DepMicroDiff (see the module docstring)."""
     names = [str(c) for c in counts.columns]
     want = list(imputer.var_names)
     if names and names[0] not in want and set(names[1:]) == set(want):

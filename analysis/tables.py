@@ -5,6 +5,7 @@ it is undefined and shown as a dash. Best per dataset and metric is bold in the 
 """
 from __future__ import annotations
 
+import html as h
 import math
 from pathlib import Path
 
@@ -89,8 +90,6 @@ def markdown(summ: pd.DataFrame, digits: int = 3) -> str:
 
 def html(summ: pd.DataFrame, digits: int = 3) -> str:
     """The same table as HTML, for the report (best in <b>)."""
-    import html as h
-
     labels = _order(summ)
     datasets = sorted(summ["dataset"].unique())
     best = best_labels(summ)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from depmicro.core.errors import DepmicroError
+from depmicro.studies.fields import SchedulerSpec, int_list, integer
 
 ARTIFACT = "confirm.json"
 EXPERIMENT_SUFFIX = "-confirm"  # the Tune experiment of the confirmation trials, next to the study's
@@ -95,14 +96,12 @@ def confirm_table(points: list[dict], runs: list[dict], metric: str, mode: str) 
 
 
 def parse_confirm(v: Any, study_seeds: list[int]) -> ConfirmSpec | None:
-    from depmicro.studies.spec import _int, _int_list
-
     if v is None:
         return None
     if not isinstance(v, dict) or set(v) - {"top_k", "seeds"} or "seeds" not in v:
         raise DepmicroError(f"confirm must be a mapping with 'top_k' and 'seeds' (extra held-out seeds), not {v!r}")
-    top_k = _int(v.get("top_k", 1), "confirm.top_k", minimum=1)
-    seeds = _int_list(v["seeds"], "confirm.seeds", minimum=0)
+    top_k = integer(v.get("top_k", 1), "confirm.top_k", minimum=1)
+    seeds = int_list(v["seeds"], "confirm.seeds", minimum=0)
     if len(seeds) < 2:
         raise DepmicroError("confirm.seeds needs at least two seeds (a confidence bound needs a spread)")
     reused = sorted(set(seeds) & set(study_seeds))
@@ -114,8 +113,6 @@ def parse_confirm(v: Any, study_seeds: list[int]) -> ConfirmSpec | None:
 def confirm_spec(spec):
     """The study re-cut for its confirmation trials: the confirm seeds, one trial per (configuration,
     data set, seed), no early stopping, no baselines, nothing searched anew."""
-    from depmicro.studies.spec import SchedulerSpec
-
     return dataclasses.replace(spec, seeds=list(spec.confirm.seeds), search="grid", scheduler=SchedulerSpec("none"),
                                num_samples=1, replicates=1, baselines=[], ablate={}, warm_start=None,
                                time_budget_s=None)

@@ -11,16 +11,16 @@ import sys
 from pathlib import Path
 
 from ray import tune
-from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from depmicro.studies import schema, tracking, tuner
+from depmicro.studies.status import study_status
 from depmicro.studies.confirm import ARTIFACT, EXPERIMENT_SUFFIX, confirm_spec, confirm_table, rank_configs
 from depmicro.studies.prepare import prepare_data, warm_vae
 from depmicro.studies.spec import StudySpec
 
 
 def choose_points(spec: StudySpec, tracking_uri: str) -> list[dict]:
-    st = tracking.study_status(spec.name, tracking_uri)
+    st = study_status(spec.name, tracking_uri)
     ranked = rank_configs(st["trials"], list(spec.search_space), spec.metric, spec.mode)[:spec.confirm.top_k]
     return [{"rank": i + 1, "config": r["config"], "search_mean": r["mean"], "search_n": r["n"],
              "search_trial_ids": r["trial_ids"]} for i, r in enumerate(ranked)]
@@ -32,22 +32,13 @@ def run_confirmation(spec: StudySpec, storage: Path, tracking_uri: str, exp_id: 
     cspec = confirm_spec(spec)
     shared = prepare_data(cspec, storage / ".dep_cache", log)
     warm_vae(cspec, shared, log)
-    trainable = tuner.trainable(shared)
     exp = storage / f"{spec.name}{EXPERIMENT_SUFFIX}"
     total = len(points) * len(cspec.data_keys)
     if tune.Tuner.can_restore(str(exp)):
-        t = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=True)
+        t = tuner.restore_tuner(exp, shared)
     else:
-        keys = cspec.data_keys
-        space = {"point": tune.grid_search([{"rank": p["rank"], "config": p["config"]} for p in points]),
-                 "data": tune.grid_search(keys) if len(keys) > 1 else keys[0]}
         tracker = tracking.MlflowTracker(cspec, tracking_uri, exp_id, parent, kind=schema.KIND_CONFIRM)
-        rc = tuner.run_config(cspec, storage, [tracker, tuner.progress_callback(cspec, total)])
-        rc.name = exp.name
-        t = tune.Tuner(trainable, param_space=space, run_config=rc,
-                       tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=1,
-                                                   search_alg=BasicVariantGenerator(random_state=spec.search_seed),
-                                                   max_concurrent_trials=spec.max_concurrent_trials))
+        t = tuner.build_confirm_tuner(cspec, shared, exp, tracker, points)
     log(f"[{spec.name}] confirming the {len(points)} best configuration(s) on held-out seeds "
         f"{list(spec.confirm.seeds)}: {total} trial(s)")
     with contextlib.redirect_stdout(sys.stderr):

@@ -18,9 +18,12 @@ Search mapping (why each):
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -35,6 +38,7 @@ from depmicro.core.data.evaluation import evaluate, per_microbe_pcc, protocol_ma
 from depmicro.core.errors import DepmicroError
 from depmicro.core.io.atomic import atomic_write_text
 from depmicro.studies import confirm_phase, provenance, schema, tracking, tuner
+from depmicro.studies import status as recorded
 from depmicro.studies.spec import StudySpec, check_name, load_spec, spec_from_state, split_data_key
 from depmicro.studies.prepare import prepare_data, warm_vae
 from depmicro.studies.trainable import SharedData
@@ -69,10 +73,6 @@ def study_lock(storage: Path, name: str):
     left behind is not stale: the next driver simply takes it (the file keeps only the last holder's
     pid and host, for the message). A file system without locks (ENOLCK/EOPNOTSUPP) runs unlocked.
     """
-    import errno
-    import fcntl
-    import socket
-
     storage.mkdir(parents=True, exist_ok=True)
     path = storage / f".{name}.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -219,62 +219,37 @@ def resume_study(name: str, address: str | None = None, tracking_uri: str | None
 
 def _execute(spec: StudySpec, exp: Path, tracking_uri: str, exp_id: str, parent: str, address: str | None,
              log, restore: bool, warm: list[dict] | None = None, budget: float | None = None) -> dict:
+    """Prepare the data, start Ray, run the baselines, the trials and (if asked) the confirmation;
+    MLflow and the state file record how the session ended, however it ended."""
     t0 = time.time()
-    stopped_on = confirmed = None
     # checkpoints every epoch force experiment snapshots (what makes resume exact); do not warn about it
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    total = spec.n_trials()
-    status, reason = "FAILED", ""
+    total, budget = spec.n_trials(), (budget if restore else spec.time_budget_s)
     hint = f"depmicro study resume {spec.name} --storage {exp.parent}"
+    status, reason, stopped_on, confirmed = "FAILED", "", None, None
     previous_term = _sigterm_as_sigint()
     try:
-        # the data first: a set that fails to load costs no Ray start-up
-        shared = prepare_data(spec, exp.parent / ".dep_cache", log)
-        cluster = connect(address)
-        _sigterm_as_sigint()  # again: ray.init installs its own SIGTERM handler, which aborts the driver
-        log(f"[{spec.name}] Ray: {cluster['nodes']} node(s), {cluster['cpus']:g} CPU, {cluster['gpus']:g} GPU; "
-            f"MLflow: {tracking_uri}; storage: {exp}")
-        warm_vae(spec, shared, log)
-        if spec.baselines:
-            _run_baselines(spec, shared, tracking_uri, exp_id, parent, log)
-        trainable = tuner.trainable(shared)
+        shared = _start(spec, exp, tracking_uri, exp_id, parent, address, log)
         if restore:
-            study_tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=True)
+            study_tuner = tuner.restore_tuner(exp, shared)
         else:
-            tracker = tracking.MlflowTracker(spec, tracking_uri, exp_id, parent)
-            study_tuner = tune.Tuner(
-                trainable, param_space=tuner.param_space(spec),
-                tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=tuner.search_alg(spec, warm),
-                                            scheduler=tuner.scheduler(spec), num_samples=tuner.num_samples(spec),
-                                            max_concurrent_trials=spec.max_concurrent_trials),
-                run_config=tuner.run_config(spec, exp.parent, [tracker, tuner.progress_callback(spec, total),
-                                                                *tuner.budget_callbacks(spec)]),
-            )
+            study_tuner = tuner.build_tuner(spec, shared, exp.parent, tracking.MlflowTracker(spec, tracking_uri, exp_id, parent), warm)
         log(f"[{spec.name}] {'resuming' if restore else 'running'} {total} trial(s), "
             f"{spec.max_concurrent_trials} at a time, {spec.resources.cpu:g} CPU / {spec.resources.gpu:g} GPU each"
-            + (f", time budget {b:g}s this session" if (b := budget if restore else spec.time_budget_s) else ""))
+            + (f", time budget {budget:g}s this session" if budget else ""))
         t_fit = time.time()
         with contextlib.redirect_stdout(sys.stderr):  # Tune prints tables; stdout carries only the result (--json)
             study_tuner.fit()
         fit_seconds = time.time() - t_fit
         # MLflow's status tags are the record (Tune counts a trial interrupted by Ctrl-C as ended, too)
-        final_status = tracking.study_status(spec.name, tracking_uri)
-        counts = final_status["counts"]
-        done = sum(v for k, v in counts.items() if k in schema.TERMINAL)
+        final_status = recorded.study_status(spec.name, tracking_uri)
+        done = sum(v for k, v in final_status["counts"].items() if k in schema.TERMINAL)
         # Tune returns early only when stopped (SIGINT/SIGTERM): every other end runs all trials
         status = "FINISHED" if done >= total else "KILLED"
         if status == "FINISHED" and spec.confirm:
-            state = _read_state(exp)
-            points = state.get("confirm_points") or confirm_phase.choose_points(spec, tracking_uri)
-            state["confirm_points"] = points
-            _write_state(exp, state)
-            confirmed = confirm_phase.run_confirmation(spec, exp.parent, tracking_uri, exp_id, parent, points, log)
-            state = _read_state(exp)
-            state["confirm"] = confirmed
-            _write_state(exp, state)
+            confirmed = _confirm(spec, exp, tracking_uri, exp_id, parent, log)
             if confirmed["finished_trials"] < confirmed["expected_trials"]:
                 status = "KILLED"
-        budget = budget if restore else spec.time_budget_s
         if status != "FINISHED" and budget and fit_seconds >= budget:
             stopped_on = "time_budget"
     except KeyboardInterrupt:
@@ -285,28 +260,62 @@ def _execute(spec: StudySpec, exp: Path, tracking_uri: str, exp_id: str, parent:
         raise
     finally:
         signal.signal(signal.SIGTERM, previous_term)
-        tracking.end_study(tracking_uri, parent, status, reason=reason)
-        if status != "FINISHED":
-            tracking.mark_interrupted(spec.name, tracking_uri, exp_id)
-        tracking.set_stopped_on(tracking_uri, parent, stopped_on)
-        if stopped_on:
-            state = _read_state(exp)
-            state["stopped_on"] = stopped_on
-            _write_state(exp, state)
-    summary = {"name": spec.name, "state": status, "storage": str(exp), "tracking_uri": tracking_uri,
-               "trials": sum(counts.values()), "counts": counts, "seconds": round(time.time() - t0, 1)}
-    if stopped_on:
-        summary["stopped_on"] = stopped_on
-    if spec.confirm and confirmed is not None:
-        summary["confirm"] = {k: confirmed[k] for k in ("winner", "winner_config", "finished_trials", "expected_trials")}
+        _record_end(spec, exp, tracking_uri, exp_id, parent, status, reason, stopped_on)
     if status == "KILLED" and not stopped_on:  # interrupted; a budget stop is an ordinary end
         raise KeyboardInterrupt(f"{done} of {total} trial(s) done; resume with: {hint}")
+    summary = {"name": spec.name, "state": status, "storage": str(exp), "tracking_uri": tracking_uri,
+               "trials": sum(final_status["counts"].values()), "counts": final_status["counts"],
+               "seconds": round(time.time() - t0, 1)}
+    if stopped_on:
+        summary["stopped_on"] = stopped_on
+    if confirmed is not None:
+        summary["confirm"] = {k: confirmed[k] for k in ("winner", "winner_config", "finished_trials", "expected_trials")}
     if status != "FINISHED":
         summary["next"] = hint
     best = _best_finished(spec, final_status["trials"])
     if best:
         summary["best"] = best
     return summary
+
+
+def _start(spec: StudySpec, exp: Path, tracking_uri: str, exp_id: str, parent: str, address: str | None, log) -> SharedData:
+    """The data first (a set that fails to load costs no Ray start-up), then Ray, the shared VAE
+    warm-up and the baselines: everything the trials share."""
+    shared = prepare_data(spec, exp.parent / ".dep_cache", log)
+    cluster = connect(address)
+    _sigterm_as_sigint()  # again: ray.init installs its own SIGTERM handler, which aborts the driver
+    log(f"[{spec.name}] Ray: {cluster['nodes']} node(s), {cluster['cpus']:g} CPU, {cluster['gpus']:g} GPU; "
+        f"MLflow: {tracking_uri}; storage: {exp}")
+    warm_vae(spec, shared, log)
+    if spec.baselines:
+        _run_baselines(spec, shared, tracking_uri, exp_id, parent, log)
+    return shared
+
+
+def _confirm(spec: StudySpec, exp: Path, tracking_uri: str, exp_id: str, parent: str, log) -> dict:
+    """The confirmation trials; the chosen points are stored first, so a resumed study confirms the same ones."""
+    state = _read_state(exp)
+    points = state.get("confirm_points") or confirm_phase.choose_points(spec, tracking_uri)
+    state["confirm_points"] = points
+    _write_state(exp, state)
+    confirmed = confirm_phase.run_confirmation(spec, exp.parent, tracking_uri, exp_id, parent, points, log)
+    state = _read_state(exp)
+    state["confirm"] = confirmed
+    _write_state(exp, state)
+    return confirmed
+
+
+def _record_end(spec: StudySpec, exp: Path, tracking_uri: str, exp_id: str, parent: str, status: str, reason: str,
+                stopped_on: str | None) -> None:
+    """How the session ended, in MLflow (parent run status, unfinished trials, the stop reason) and the state."""
+    tracking.end_study(tracking_uri, parent, status, reason=reason)
+    if status != "FINISHED":
+        tracking.mark_interrupted(spec.name, tracking_uri, exp_id)
+    tracking.set_stopped_on(tracking_uri, parent, stopped_on)
+    if stopped_on:
+        state = _read_state(exp)
+        state["stopped_on"] = stopped_on
+        _write_state(exp, state)
 
 
 def _sigterm_as_sigint():
@@ -336,7 +345,7 @@ def study_status(name: str, tracking_uri: str | None = None, storage: str | os.P
     state = _read_state(exp) if (exp / STATE_FILE).exists() else None
     uri = tracking_uri or (state["tracking_uri"] if state else None)
     uri = schema.check_tracking_uri(schema.normalize_tracking_uri(uri or schema.default_tracking_uri()))
-    out = tracking.study_status(name, uri)
+    out = recorded.study_status(name, uri)
     out["storage"] = str(exp)
     out["resumable"] = state is not None and out["state"] != "FINISHED"
     if state is not None:

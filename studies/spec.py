@@ -7,28 +7,31 @@ Paths are resolved relative to the study file, so a study runs from any working 
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from depmicro.core.data.baselines import BASELINES
-from depmicro.core.data.dataset import peek_dataset
 from depmicro.core.data.evaluation import METRICS, PROTOCOLS, direction
 from depmicro.core.errors import DepmicroError
 from depmicro.core.io.safe_yaml import load_yaml
 from depmicro.core.model.config import ModelConfig, config_from_dict, config_to_dict
 from depmicro.studies.confirm import ConfirmSpec, parse_confirm
+from depmicro.studies.datasets import SYNTHETIC, DatasetSpec, data_key, parse_datasets, split_data_key
+from depmicro.studies.fields import NAME, Resources, SchedulerSpec, check_name, duration, int_list, integer, number
+from depmicro.studies.fields import path as resolve_path
+from depmicro.studies.fields import resources as parse_resources
+from depmicro.studies.fields import scheduler as parse_scheduler
 from depmicro.studies.inference import InferenceSpec, inference_from_json, parse_inference
-from depmicro.core.model.config import config_from_dict
+from depmicro.studies.search_space import (Param, check_configs, check_param_types, parse_ablate, parse_search,
+                                           parse_search_space)
 
-SYNTHETIC = "synthetic"
-PARAM_TYPES = ("uniform", "loguniform", "int", "choice", "grid")
-SEARCH_ALGORITHMS = ("optuna", "random", "grid")
-SCHEDULERS = ("asha", "none")
+# Names other modules import from here (the parts of a study file live in datasets.py, fields.py, search_space.py).
+__all__ = ["BASE_ARM", "SYNTHETIC", "TOP_KEYS", "DatasetSpec", "Param", "Resources", "SchedulerSpec", "StudySpec",
+           "WarmStart", "check_name", "data_key", "load_spec", "spec_from_dict", "spec_from_json", "spec_from_state",
+           "split_data_key"]
+
 TOP_KEYS = (
     "name", "description", "datasets", "seeds", "test_ratio", "val_ratio", "protocol", "base_config", "search_space", "ablate",
     "search", "scheduler", "num_samples", "max_concurrent_trials", "resources_per_trial", "replicates", "metric",
@@ -36,43 +39,7 @@ TOP_KEYS = (
     "warm_start", "confirm",
 )
 BASE_ARM = "base"  # the one arm of an ablation that repeats the base configuration
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-_MAX_VALIDATED_COMBOS = 4096
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """One target set. `path` is absolute, or "synthetic" (generated on the driver from `synthetic`)."""
-
-    name: str
-    path: str
-    metadata: str | None = None
-    pretrain: tuple[str, ...] = ()
-    synthetic: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Param:
-    """One searched ModelConfig field. `values` for choice/grid, `low`/`high` otherwise."""
-
-    name: str
-    type: str
-    low: float | int | None = None
-    high: float | int | None = None
-    values: tuple = ()
-
-
-@dataclass(frozen=True)
-class SchedulerSpec:
-    type: str = "asha"
-    grace_period: int = 1
-    reduction_factor: float = 2.0
-
-
-@dataclass(frozen=True)
-class Resources:
-    cpu: float = 1.0
-    gpu: float = 0.0
+_RESERVED = ("test_ratio", "val_ratio", "protocol")  # set by the study, not searched: the protocol is fixed per study
 
 
 @dataclass(frozen=True)
@@ -171,15 +138,6 @@ class StudySpec:
         return d
 
 
-def data_key(dataset: str, seed: int) -> str:
-    return f"{dataset}/s{seed}"
-
-
-def split_data_key(key: str) -> tuple[str, int]:
-    name, seed = key.rsplit("/s", 1)
-    return name, int(seed)
-
-
 def _label(v: Any) -> str:
     return str(v).lower() if isinstance(v, bool) else str(v)
 
@@ -201,70 +159,30 @@ def load_spec(path: str | os.PathLike) -> StudySpec:
 def spec_from_dict(raw: Any, base_dir: str | os.PathLike = ".", source: str | None = None) -> StudySpec:
     """Validate a parsed study mapping. Relative paths are resolved against `base_dir`."""
     base_dir = Path(base_dir)
-    if not isinstance(raw, dict):
-        raise DepmicroError("a study file must be a mapping of settings")
-    unknown = sorted(set(map(str, raw)) - set(TOP_KEYS))
-    if unknown:
-        raise DepmicroError(f"unknown study key {unknown[0]!r} (known: {', '.join(TOP_KEYS)})")
-    if "name" not in raw:
-        raise DepmicroError("study key 'name' is required")
-    name = check_name(raw["name"])
-
-    datasets = _datasets(raw.get("datasets"), base_dir)
-    seeds = _int_list(raw.get("seeds", [0]), "seeds", minimum=0)
-    test_ratio = _number(raw.get("test_ratio", 0.1), "test_ratio")
-    val_ratio = _number(raw.get("val_ratio", 0.1), "val_ratio")
-    if not (0 < test_ratio < 1 and 0 < val_ratio < 1 and test_ratio + val_ratio < 1):
-        raise DepmicroError(f"test_ratio and val_ratio must be in (0, 1) with a sum < 1, not {test_ratio}/{val_ratio}")
-
-    protocol = raw.get("protocol", "paper")
-    if protocol not in PROTOCOLS:
-        raise DepmicroError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
-
+    name = _name(raw)
+    datasets = parse_datasets(raw.get("datasets"), base_dir)
+    seeds = int_list(raw.get("seeds", [0]), "seeds", minimum=0)
+    test_ratio, val_ratio, protocol = _protocol(raw)
     base = _base_config(raw.get("base_config", {}), base_dir)
     base["test_ratio"], base["val_ratio"], base["protocol"] = test_ratio, val_ratio, protocol
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    reserved = {"test_ratio", "val_ratio", "protocol"}  # set by the study, not searched: the protocol is fixed per study
-
-    search_space = _search_space(raw.get("search_space") or {}, fields - reserved)
-    _check_param_types(search_space)
-    ablate = _ablate(raw.get("ablate") or {}, fields - reserved)
-    clash = sorted(set(search_space) & set(ablate))
-    if clash:
-        raise DepmicroError(f"{clash[0]!r} is both searched and ablated; pick one")
-
-    algorithm, search_seed = _search(raw.get("search", "optuna"))
-    if algorithm == "optuna" and any(p.type == "grid" for p in search_space.values()):
-        bad = next(k for k, p in search_space.items() if p.type == "grid")
-        raise DepmicroError(f"search_space.{bad}: type grid needs search: grid or random (Optuna samples, it does not enumerate)")
-    if algorithm == "optuna" and not search_space:
-        raise DepmicroError("search: optuna needs a search_space (or use search: random to repeat the base config)")
-    if algorithm == "optuna" and ablate:
-        raise DepmicroError("ablate needs search: grid (each arm x dataset x seed is one trial)")
-    if algorithm == "grid":
-        cont = [k for k, p in search_space.items() if p.type not in ("grid", "choice")]
-        if cont:
-            raise DepmicroError(f"search_space.{cont[0]}: search: grid takes only grid/choice entries, not {search_space[cont[0]].type}")
-
-    scheduler = _scheduler(raw.get("scheduler", "asha"))
-    num_samples = _int(raw.get("num_samples", 1), "num_samples", minimum=1)
+    search_space, ablate, algorithm, search_seed = _search_settings(raw)
+    scheduler = parse_scheduler(raw.get("scheduler", "asha"))
+    num_samples = integer(raw.get("num_samples", 1), "num_samples", minimum=1)
     if algorithm == "grid" and num_samples != 1 and "num_samples" in raw:
         raise DepmicroError("num_samples must be 1 with search: grid (use replicates or seeds to repeat)")
-    max_conc = _int(raw.get("max_concurrent_trials", 1), "max_concurrent_trials", minimum=1)
-    resources = _resources(raw.get("resources_per_trial", {}))
-    replicates = _int(raw.get("replicates", 1), "replicates", minimum=1)
+    max_conc = integer(raw.get("max_concurrent_trials", 1), "max_concurrent_trials", minimum=1)
+    resources = parse_resources(raw.get("resources_per_trial", {}))
+    replicates = integer(raw.get("replicates", 1), "replicates", minimum=1)
     metric, mode = _metric(raw.get("metric", "val_pcc_per_microbe"), raw.get("mode"))
     baselines = _baselines(raw.get("baselines", []))
-    max_failures = _int(raw.get("max_failures", 2), "max_failures", minimum=-1)
+    max_failures = integer(raw.get("max_failures", 2), "max_failures", minimum=-1)
     description = raw.get("description", "")
     if not isinstance(description, str):
         raise DepmicroError(f"description must be text, not {description!r}")
-
     inference = parse_inference(raw.get("inference"), base, set(search_space) | set(ablate))
-    time_budget = _duration(raw["time_budget"], "time_budget") if raw.get("time_budget") is not None else None
-    max_trial = (_duration(raw["max_trial_seconds"], "max_trial_seconds")
+    time_budget = duration(raw["time_budget"], "time_budget") if raw.get("time_budget") is not None else None
+    max_trial = (duration(raw["max_trial_seconds"], "max_trial_seconds")
                  if raw.get("max_trial_seconds") is not None else None)
-
     warm_start = _warm_start(raw.get("warm_start"), name, algorithm)
     confirm = parse_confirm(raw.get("confirm"), seeds)
 
@@ -276,18 +194,58 @@ def spec_from_dict(raw: Any, base_dir: str | os.PathLike = ".", source: str | No
         inference=inference, time_budget_s=time_budget, max_trial_seconds=max_trial, warm_start=warm_start,
         confirm=confirm,
     )
-    _check_configs(spec)
+    check_configs(base, search_space, ablate, spec.arms.values(), inference.settings() if inference else [{}])
     if scheduler.type == "asha" and scheduler.grace_period > spec.max_epochs():
         raise DepmicroError(f"scheduler.grace_period ({scheduler.grace_period}) exceeds the epochs ({spec.max_epochs()})")
     return spec
 
 
-def check_name(name: Any) -> str:
-    """A study name as a path component: letters, digits, `_.-`, starting with a letter or digit."""
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise DepmicroError(f"study name must be letters, digits, '_', '.' or '-' (at most 100, no path "
-                            f"separators or '..'), not {name!r}")
-    return name
+def _name(raw: Any) -> str:
+    """The study's name, once the file is known to be a mapping of known keys."""
+    if not isinstance(raw, dict):
+        raise DepmicroError("a study file must be a mapping of settings")
+    unknown = sorted(set(map(str, raw)) - set(TOP_KEYS))
+    if unknown:
+        raise DepmicroError(f"unknown study key {unknown[0]!r} (known: {', '.join(TOP_KEYS)})")
+    if "name" not in raw:
+        raise DepmicroError("study key 'name' is required")
+    return check_name(raw["name"])
+
+
+def _protocol(raw: dict) -> tuple[float, float, str]:
+    """test_ratio, val_ratio and protocol: the held-out protocol, fixed for every trial of the study."""
+    test_ratio = number(raw.get("test_ratio", 0.1), "test_ratio")
+    val_ratio = number(raw.get("val_ratio", 0.1), "val_ratio")
+    if not (0 < test_ratio < 1 and 0 < val_ratio < 1 and test_ratio + val_ratio < 1):
+        raise DepmicroError(f"test_ratio and val_ratio must be in (0, 1) with a sum < 1, not {test_ratio}/{val_ratio}")
+    protocol = raw.get("protocol", "paper")
+    if protocol not in PROTOCOLS:
+        raise DepmicroError(f"protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
+    return test_ratio, val_ratio, protocol
+
+
+def _search_settings(raw: dict) -> tuple[dict[str, Param], dict[str, list], str, int]:
+    """search_space, ablate and the search algorithm (with its seed), checked against each other."""
+    fields = {f.name for f in dataclasses.fields(ModelConfig)} - set(_RESERVED)
+    search_space = parse_search_space(raw.get("search_space") or {}, fields)
+    check_param_types(search_space)
+    ablate = parse_ablate(raw.get("ablate") or {}, fields)
+    clash = sorted(set(search_space) & set(ablate))
+    if clash:
+        raise DepmicroError(f"{clash[0]!r} is both searched and ablated; pick one")
+    algorithm, search_seed = parse_search(raw.get("search", "optuna"))
+    if algorithm == "optuna" and any(p.type == "grid" for p in search_space.values()):
+        bad = next(k for k, p in search_space.items() if p.type == "grid")
+        raise DepmicroError(f"search_space.{bad}: type grid needs search: grid or random (Optuna samples, it does not enumerate)")
+    if algorithm == "optuna" and not search_space:
+        raise DepmicroError("search: optuna needs a search_space (or use search: random to repeat the base config)")
+    if algorithm == "optuna" and ablate:
+        raise DepmicroError("ablate needs search: grid (each arm x dataset x seed is one trial)")
+    if algorithm == "grid":
+        cont = [k for k, p in search_space.items() if p.type not in ("grid", "choice")]
+        if cont:
+            raise DepmicroError(f"search_space.{cont[0]}: search: grid takes only grid/choice entries, not {search_space[cont[0]].type}")
+    return search_space, ablate, algorithm, search_seed
 
 
 def spec_from_state(d: Any) -> StudySpec:
@@ -341,152 +299,6 @@ def spec_from_json(d: dict) -> StudySpec:
 
 # --- pieces -----------------------------------------------------------------------------------
 
-def _number(v: Any, what: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise DepmicroError(f"{what} must be a number, not {v!r}")
-    return float(v)
-
-
-def _int(v: Any, what: str, minimum: int | None = None) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise DepmicroError(f"{what} must be an integer, not {v!r}")
-    if minimum is not None and v < minimum:
-        raise DepmicroError(f"{what} must be >= {minimum}, not {v}")
-    return v
-
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _duration(v: Any, what: str) -> float:
-    """Seconds, from a number (seconds) or text like `90s`, `30m`, `2h`, `1.5h`."""
-    if isinstance(v, str):
-        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd])\s*", v)
-        if not m:
-            raise DepmicroError(f"{what} must be seconds or a duration like 90s, 30m, 2h, not {v!r}")
-        secs = float(m.group(1)) * _UNITS[m.group(2)]
-    else:
-        secs = _number(v, what)
-    if secs <= 0:
-        raise DepmicroError(f"{what} must be positive, not {v!r}")
-    return secs
-
-
-def _int_list(v: Any, what: str, minimum: int | None = None) -> list[int]:
-    if isinstance(v, int) and not isinstance(v, bool):
-        v = [v]
-    if not isinstance(v, list) or not v:
-        raise DepmicroError(f"{what} must be a non-empty list of integers, not {v!r}")
-    out = [_int(x, f"{what} entry", minimum) for x in v]
-    if len(set(out)) != len(out):
-        raise DepmicroError(f"{what} has a duplicate entry: {out}")
-    return out
-
-
-def _path(v: Any, base_dir: Path, what: str, must_exist: bool = True) -> str:
-    if not isinstance(v, str) or not v:
-        raise DepmicroError(f"{what} must be a path, not {v!r}")
-    p = Path(os.path.expanduser(v))
-    p = p if p.is_absolute() else (base_dir / p)
-    p = Path(os.path.normpath(p))
-    if must_exist and not p.exists():
-        raise DepmicroError(f"{what}: no such file {p}")
-    return str(p)
-
-
-_DATASET_KEYS = ("path", "name", "metadata", "pretrain", "synthetic")
-_SYNTHETIC_INTS = {"n_samples": (10, 1_000_000), "n_taxa": (2, 100_000), "seed": (0, 2**32 - 1),
-                   "n_directed": (0, 50_000), "n_symmetric": (0, 50_000)}
-_MAX_SYNTHETIC_CELLS = 50_000_000  # 400 MB of float64 counts: more is a typo, not a test set
-
-
-def _data_file(v: Any, base_dir: Path, what: str) -> str:
-    """A data path, and its header read now: a directory or an unreadable table fails here, not
-    in the driver after Ray has started."""
-    path = _path(v, base_dir, what)
-    try:
-        peek_dataset(path)
-    except DepmicroError as exc:
-        raise DepmicroError(f"{what}: {exc}") from None
-    return path
-
-
-def _synthetic(v: dict, what: str) -> dict:
-    """Generator settings, checked as core.synthetic.make_synthetic would check them, and bounded."""
-    extra = sorted(set(map(str, v)) - set(_SYNTHETIC_INTS) - {"metadata"})
-    if extra:
-        raise DepmicroError(f"{what}: unknown key {extra[0]!r} (known: {', '.join([*_SYNTHETIC_INTS, 'metadata'])})")
-    out = dict(v)
-    for k, (lo, hi) in _SYNTHETIC_INTS.items():
-        if k in v:
-            out[k] = _int(v[k], f"{what}.{k}", minimum=lo)
-            if out[k] > hi:
-                raise DepmicroError(f"{what}.{k} must be <= {hi}, not {out[k]}")
-    if "metadata" in v and not isinstance(v["metadata"], bool):
-        raise DepmicroError(f"{what}.metadata must be true or false, not {v['metadata']!r}")
-    n, d = out.get("n_samples", 300), out.get("n_taxa", 30)
-    if n * d > _MAX_SYNTHETIC_CELLS:
-        raise DepmicroError(f"{what}: {n} x {d} is too large (at most {_MAX_SYNTHETIC_CELLS} cells)")
-    pairs = out.get("n_directed", 6) + out.get("n_symmetric", 6)
-    if 2 * pairs > d:
-        raise DepmicroError(f"{what}: {d} taxa cannot hold {pairs} disjoint planted pairs (n_directed + n_symmetric)")
-    return out
-
-
-def _datasets(v: Any, base_dir: Path) -> list[DatasetSpec]:
-    if v is None:
-        raise DepmicroError("study key 'datasets' is required (paths, or 'synthetic')")
-    if isinstance(v, (str, dict)):
-        v = [v]
-    if not isinstance(v, list) or not v:
-        raise DepmicroError(f"datasets must be a non-empty list, not {v!r}")
-    out: list[DatasetSpec] = []
-    for i, item in enumerate(v):
-        what = f"datasets[{i}]"
-        if isinstance(item, str):
-            item = {"path": item}
-        if not isinstance(item, dict):
-            raise DepmicroError(f"{what} must be a path or a mapping with 'path', not {item!r}")
-        unknown = sorted(set(map(str, item)) - set(_DATASET_KEYS))
-        if unknown:
-            raise DepmicroError(f"{what}: unknown key {unknown[0]!r} (known: {', '.join(_DATASET_KEYS)})")
-        if "path" not in item:
-            raise DepmicroError(f"{what}: 'path' is required")
-        synth = item.get("synthetic", {}) or {}
-        if not isinstance(synth, dict):
-            raise DepmicroError(f"{what}.synthetic must be a mapping of generator settings, not {synth!r}")
-        if item["path"] == SYNTHETIC:
-            path, default_name = SYNTHETIC, SYNTHETIC
-            synth = _synthetic(synth, f"{what}.synthetic")
-        else:
-            if synth:
-                raise DepmicroError(f"{what}: 'synthetic' settings need path: synthetic")
-            path = _data_file(item["path"], base_dir, f"{what}.path")
-            default_name = Path(path).name.split(".")[0]
-        name = item.get("name", default_name)
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise DepmicroError(f"{what}.name must be letters, digits, '_', '.' or '-', not {name!r}")
-        metadata = item.get("metadata")
-        if metadata is not None:
-            metadata = _path(metadata, base_dir, f"{what}.metadata")
-            if not Path(metadata).is_file():
-                raise DepmicroError(f"{what}.metadata: {metadata} is not a file")
-        pre = item.get("pretrain", []) or []
-        if isinstance(pre, str):
-            pre = [pre]
-        if not isinstance(pre, list):
-            raise DepmicroError(f"{what}.pretrain must be a list of paths, not {pre!r}")
-        pre_paths = tuple(_data_file(x, base_dir, f"{what}.pretrain") for x in pre)
-        if path != SYNTHETIC and path in pre_paths:
-            raise DepmicroError(f"{what}.pretrain lists the target set itself (pretraining is leave-target-out)")
-        out.append(DatasetSpec(name=name, path=path, metadata=metadata, pretrain=pre_paths, synthetic=dict(synth)))
-    names = [d.name for d in out]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise DepmicroError(f"datasets: two sets are named {dup[0]!r}; give one a 'name'")
-    return out
-
-
 def _base_config(v: Any, base_dir: Path) -> dict:
     """`base_config: configs/tiny.yaml`, or a mapping of overrides with an optional `file` key."""
 
@@ -497,7 +309,7 @@ def _base_config(v: Any, base_dir: Path) -> dict:
     v = dict(v)
     merged: dict = {}
     if "file" in v:
-        fpath = _path(v.pop("file"), base_dir, "base_config.file")
+        fpath = resolve_path(v.pop("file"), base_dir, "base_config.file")
         try:
             loaded = load_yaml(fpath, "config file")
         except DepmicroError as exc:
@@ -512,108 +324,6 @@ def _base_config(v: Any, base_dir: Path) -> dict:
         raise DepmicroError(f"base_config: {exc}") from None
     full = config_to_dict(cfg)
     return {k: full[k] for k in merged}  # keep only what the user set; defaults stay the dataclass's
-
-
-def _search_space(v: Any, fields: set[str]) -> dict[str, Param]:
-    if not isinstance(v, dict):
-        raise DepmicroError(f"search_space must be a mapping of config field -> distribution, not {v!r}")
-    out: dict[str, Param] = {}
-    for key, d in v.items():
-        what = f"search_space.{key}"
-        if key not in fields:
-            hint = " (set by the study's test_ratio/val_ratio/protocol)" if key in ("test_ratio", "val_ratio", "protocol") else ""
-            raise DepmicroError(f"{what}: not a searchable ModelConfig field{hint}")
-        if isinstance(d, list):
-            d = {"type": "choice", "values": d}
-        if not isinstance(d, dict) or "type" not in d:
-            raise DepmicroError(f"{what} must be a mapping with 'type' ({', '.join(PARAM_TYPES)}), not {d!r}")
-        typ = d["type"]
-        if typ not in PARAM_TYPES:
-            raise DepmicroError(f"{what}.type must be one of {', '.join(PARAM_TYPES)}, not {typ!r}")
-        allowed = {"type", "values"} if typ in ("choice", "grid") else {"type", "low", "high"}
-        extra = sorted(set(d) - allowed)
-        if extra:
-            raise DepmicroError(f"{what}: unknown key {extra[0]!r} for type {typ} (expected {', '.join(sorted(allowed))})")
-        if typ in ("choice", "grid"):
-            vals = d.get("values")
-            if not isinstance(vals, list) or not vals:
-                raise DepmicroError(f"{what}.values must be a non-empty list")
-            if any(isinstance(x, (dict, list)) for x in vals):
-                raise DepmicroError(f"{what}.values must be plain values, not nested lists or mappings")
-            out[key] = Param(key, typ, values=tuple(vals))
-            continue
-        if "low" not in d or "high" not in d:
-            raise DepmicroError(f"{what}: type {typ} needs 'low' and 'high'")
-        if typ == "int":
-            low, high = _int(d["low"], f"{what}.low"), _int(d["high"], f"{what}.high")
-        else:
-            low, high = _number(d["low"], f"{what}.low"), _number(d["high"], f"{what}.high")
-        if not low < high:
-            raise DepmicroError(f"{what}: low ({low}) must be below high ({high})")
-        if typ == "loguniform" and low <= 0:
-            raise DepmicroError(f"{what}: loguniform needs low > 0, not {low}")
-        out[key] = Param(key, typ, low=low, high=high)
-    return out
-
-
-def _ablate(v: Any, fields: set[str]) -> dict[str, list]:
-    if not isinstance(v, dict):
-        raise DepmicroError(f"ablate must be a mapping of config field -> list of values, not {v!r}")
-    out = {}
-    for key, vals in v.items():
-        if key not in fields:
-            raise DepmicroError(f"ablate.{key}: not a ModelConfig field")
-        if not isinstance(vals, list) or not vals or any(isinstance(x, (dict, list)) for x in vals):
-            raise DepmicroError(f"ablate.{key} must be a non-empty list of plain values")
-        out[key] = list(vals)
-    return out
-
-
-def _search(v: Any) -> tuple[str, int]:
-    if isinstance(v, str):
-        v = {"algorithm": v}
-    if not isinstance(v, dict):
-        raise DepmicroError(f"search must be one of {', '.join(SEARCH_ALGORITHMS)} or a mapping with 'algorithm', not {v!r}")
-    extra = sorted(set(v) - {"algorithm", "seed"})
-    if extra:
-        raise DepmicroError(f"search: unknown key {extra[0]!r} (known: algorithm, seed)")
-    alg = v.get("algorithm", "optuna")
-    if alg not in SEARCH_ALGORITHMS:
-        raise DepmicroError(f"search algorithm must be one of {', '.join(SEARCH_ALGORITHMS)}, not {alg!r}")
-    return alg, _int(v.get("seed", 0), "search.seed", minimum=0)
-
-
-def _scheduler(v: Any) -> SchedulerSpec:
-    if isinstance(v, str) or v is None:
-        v = {"type": v or "none"}
-    if not isinstance(v, dict):
-        raise DepmicroError(f"scheduler must be asha, none, or a mapping with 'type', not {v!r}")
-    extra = sorted(set(v) - {"type", "grace_period", "reduction_factor"})
-    if extra:
-        raise DepmicroError(f"scheduler: unknown key {extra[0]!r} (known: type, grace_period, reduction_factor)")
-    typ = v.get("type", "asha")
-    if typ not in SCHEDULERS:
-        raise DepmicroError(f"scheduler type must be one of {', '.join(SCHEDULERS)}, not {typ!r}")
-    grace = _int(v.get("grace_period", 1), "scheduler.grace_period", minimum=1)
-    rf = _number(v.get("reduction_factor", 2), "scheduler.reduction_factor")
-    if rf <= 1:
-        raise DepmicroError(f"scheduler.reduction_factor must be > 1, not {rf}")
-    return SchedulerSpec(typ, grace, rf)
-
-
-def _resources(v: Any) -> Resources:
-    if not isinstance(v, dict):
-        raise DepmicroError(f"resources_per_trial must be a mapping with cpu and gpu, not {v!r}")
-    extra = sorted(set(v) - {"cpu", "gpu"})
-    if extra:
-        raise DepmicroError(f"resources_per_trial: unknown key {extra[0]!r} (known: cpu, gpu)")
-    cpu = _number(v.get("cpu", 1), "resources_per_trial.cpu")
-    gpu = _number(v.get("gpu", 0), "resources_per_trial.gpu")
-    if cpu <= 0:
-        raise DepmicroError(f"resources_per_trial.cpu must be > 0, not {cpu}")
-    if gpu < 0 or (gpu > 1 and not float(gpu).is_integer()):
-        raise DepmicroError(f"resources_per_trial.gpu must be a fraction in [0, 1] or a whole number, not {gpu}")
-    return Resources(cpu, gpu)
 
 
 def _metric(metric: Any, mode: Any) -> tuple[str, str]:
@@ -637,84 +347,16 @@ def _baselines(v: Any) -> list[str]:
     return list(dict.fromkeys(v))
 
 
-_MAX_INT_VALUES = 1000  # an int range is checked value by value up to this many values
-
-
-def _check_param_types(space: dict[str, Param]) -> None:
-    """A continuous distribution for an integer, boolean or text field draws values the field cannot
-    take (`hidden_dim: {type: uniform}` gives 37.4): refuse it by the field's declared type."""
-
-    types = {f.name: str(f.type) for f in dataclasses.fields(ModelConfig)}
-    for k, p in space.items():
-        t = types[k]
-        if p.type in ("uniform", "loguniform") and t != "float":
-            kind = {"int": "an integer", "bool": "a true/false", "str": "a text"}.get(t, t)
-            fix = "type int" if t == "int" else "type choice"
-            raise DepmicroError(f"search_space.{k}: {k} is {kind} field; {p.type} draws fractions (use {fix})")
-        if p.type == "int" and t not in ("int", "float"):
-            raise DepmicroError(f"search_space.{k}: {k} is not a number field; use type choice")
-
-
-def _candidates(p: Param) -> list:
-    """Every value a distribution can draw, where that is a finite list; else the interval's ends
-    (every ModelConfig range rule is an interval, so the ends decide it for continuous draws)."""
-    if p.values:
-        return list(p.values)
-    if p.type == "int" and p.high - p.low + 1 <= _MAX_INT_VALUES:
-        return list(range(int(p.low), int(p.high) + 1))
-    return [p.low, p.high]
-
-
 def _warm_start(v: Any, name: str, algorithm: str) -> WarmStart | None:
     if v is None:
         return None
     if not isinstance(v, dict) or set(v) - {"study", "top_k"} or "study" not in v:
         raise DepmicroError(f"warm_start must be a mapping with 'study' (an earlier study's name) and 'top_k', not {v!r}")
     study = v["study"]
-    if not isinstance(study, str) or not _NAME.match(study):
+    if not isinstance(study, str) or not NAME.match(study):
         raise DepmicroError(f"warm_start.study must be a study name, not {study!r}")
     if study == name:
         raise DepmicroError("warm_start.study names this study itself; use `study resume` to continue a study")
     if algorithm != "optuna":
         raise DepmicroError("warm_start needs search: optuna (it seeds the Optuna search)")
-    return WarmStart(study, _int(v.get("top_k", 1), "warm_start.top_k", minimum=1))
-
-
-def _check_configs(spec: StudySpec) -> None:
-    """Every value a trial can get must make a valid ModelConfig: fail now, not in trial 37 at 3 a.m.
-    Each drawable value alone, every pair of searched fields (the rules that tie two fields, such
-    as hidden_dim % n_heads, are pairwise), each ablation arm with each searched value, and the full
-    product where it is small enough to enumerate."""
-    def check(over: dict, where: str) -> None:
-        try:
-            config_from_dict({**spec.base_config, **over})
-        except DepmicroError as exc:
-            hint = ""
-            if any(isinstance(v, bool) for v in over.values()) and "must be a string" in str(exc):
-                hint = " (YAML reads off/on/yes/no as booleans: quote it, e.g. \"off\")"
-            raise DepmicroError(f"{where}: {exc}{hint}") from None
-
-    settings = spec.inference.settings() if spec.inference else [{}]
-    cands = {k: _candidates(p) for k, p in spec.search_space.items()}
-    for k, vals in cands.items():
-        for c in vals:
-            for s in settings:  # e.g. a searched timesteps below an inference sampling_fraction
-                where = f"search_space.{k} value {c!r}" + (f" with inference {s}" if s else "")
-                check({k: c, **s}, where)
-    for k, vals in spec.ablate.items():
-        for c in vals:
-            check({k: c}, f"ablate.{k} value {c!r}")
-    combos = "search_space combination "
-    for a, b in itertools.combinations(cands, 2):
-        for va, vb in itertools.product(cands[a], cands[b]):
-            check({a: va, b: vb}, f"{combos}{a}={va!r}, {b}={vb!r}")
-    for arm in spec.arms.values():
-        for k, vals in cands.items():
-            if k not in arm:
-                for c in vals:
-                    check({**arm, k: c}, "ablate " + ", ".join(f"{a}={v!r}" for a, v in arm.items()) + f" with search_space.{k}={c!r}")
-    if 2 < len(cands) and math.prod(len(v) for v in cands.values()) <= _MAX_VALIDATED_COMBOS:
-        keys = list(cands)
-        for combo in itertools.product(*(cands[k] for k in keys)):
-            over = dict(zip(keys, combo))
-            check(over, combos + ", ".join(f"{k}={v!r}" for k, v in over.items()))
+    return WarmStart(study, integer(v.get("top_k", 1), "warm_start.top_k", minimum=1))

@@ -15,6 +15,7 @@ left RUNNING for trials Tune already counts as finished.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import subprocess
@@ -23,13 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
 from ray.tune import Callback
 
 from depmicro.core.errors import DepmicroError
-from depmicro.core.model.config import config_from_dict, config_to_dict
+from depmicro.core.model.config import config_to_dict
 from depmicro.studies.inference import ARTIFACT as INFERENCE_ARTIFACT
 from depmicro.studies.inference import PREFIX as INFERENCE_PREFIX
-from depmicro.studies.inference import best_setting
 from depmicro.studies.spec import StudySpec
 from depmicro.studies.schema import (ARTIFACT_CONFIG, ARTIFACT_MODEL, ARTIFACT_PER_MICROBE, ARTIFACT_PROVENANCE,
                                      ARTIFACT_RESUMES, ARTIFACT_SPEC, EPOCH_KEYS, FINAL_KEYS, KIND_BASELINE, KIND_CONFIRM,
@@ -54,8 +55,6 @@ def git_commit() -> str:
 
 
 def client_for(tracking_uri: str):
-    import logging
-
     from mlflow.tracking import MlflowClient
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # schema set-up chatter is not progress
@@ -138,8 +137,6 @@ def start_study(spec: StudySpec, tracking_uri: str, spec_text: str | None = None
     run = client.create_run(exp_id, run_name=spec.name, tags={
         TAG_STUDY: spec.name, TAG_KIND: KIND_STUDY, TAG_GIT_COMMIT: git_commit()})
     _log_params(client, run.info.run_id, flatten(spec.to_dict()))
-    import yaml
-
     client.log_text(run.info.run_id, spec_text if spec_text is not None else yaml.safe_dump(spec.to_dict(), sort_keys=False), ARTIFACT_SPEC)
     return exp_id, run.info.run_id
 
@@ -363,57 +360,6 @@ def _first_error_line(trial) -> str:
         return (lines[-1] if lines else "")[:500]
     except OSError:
         return ""
-
-
-def study_status(study: str, tracking_uri: str) -> dict:
-    """The study as MLflow records it: parent run state, every trial run, baselines."""
-    db = sqlite_path(tracking_uri)
-    if db is not None and not db.is_file():
-        raise DepmicroError(f"no study {study!r}: no MLflow database at {tracking_uri} (run it, or pass --tracking-uri)")
-    client = client_for(tracking_uri)
-    exp = client.get_experiment_by_name(experiment_name(study))
-    if exp is None:
-        raise DepmicroError(f"no study {study!r} in {tracking_uri} (no MLflow experiment {experiment_name(study)!r})")
-    parents = find_runs(client, exp.experiment_id, study, KIND_STUDY)
-    metric = parents[0].data.params.get("metric", "val_pcc_per_microbe") if parents else "val_pcc_per_microbe"
-    val_metric = metric.removeprefix("best_").removeprefix("val_")
-    trials = []
-    for run in find_runs(client, exp.experiment_id, study, KIND_TRIAL):
-        tags = run.data.tags
-        try:
-            config = config_to_dict(config_from_dict(dict(run.data.params)))
-        except DepmicroError:
-            config = dict(run.data.params)
-        trials.append({
-            "trial_id": tags.get(TAG_TRIAL_ID), "status": tags.get(TAG_STATUS, "UNKNOWN"),
-            "dataset": tags.get(TAG_DATASET), "seed": _int_or_none(tags.get(TAG_SEED)),
-            "variant": tags.get(TAG_VARIANT), "node_id": tags.get(TAG_NODE_ID),
-            "epochs_done": _int_or_none(tags.get(TAG_EPOCHS_DONE)),
-            "stopped_on": tags.get(TAG_STOPPED_ON),
-            "run_id": run.info.run_id, "config": config, "metrics": dict(run.data.metrics),
-            "inference_best": best_setting(dict(run.data.metrics), val_metric),
-        })
-    trials.sort(key=lambda t: t["trial_id"] or "")
-    baselines = [{"method": r.data.tags.get(TAG_METHOD), "dataset": r.data.tags.get(TAG_DATASET),
-                  "seed": _int_or_none(r.data.tags.get(TAG_SEED)), "metrics": dict(r.data.metrics)}
-                 for r in find_runs(client, exp.experiment_id, study, KIND_BASELINE)]
-    counts: dict[str, int] = {}
-    for t in trials:
-        counts[t["status"]] = counts.get(t["status"], 0) + 1
-    return {
-        "name": study, "tracking_uri": tracking_uri, "experiment_id": exp.experiment_id,
-        "state": parents[0].info.status if parents else "UNKNOWN", "counts": counts,
-        "error": parents[0].data.tags.get(TAG_ERROR) if parents else None,
-        "stopped_on": (parents[0].data.tags.get(TAG_STOPPED_ON) or None) if parents else None,
-        "trials": trials, "baselines": baselines,
-    }
-
-
-def _int_or_none(v: str | None) -> int | None:
-    try:
-        return int(v) if v is not None else None
-    except ValueError:
-        return None
 
 
 def print_line(text: str) -> None:

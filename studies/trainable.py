@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -31,7 +32,7 @@ import ray
 import torch
 from ray import tune
 
-from depmicro.core.data.evaluation import METRICS, better, per_microbe_pcc, protocol_matrix
+from depmicro.core.data.evaluation import METRICS, better, evaluate, per_microbe_pcc, protocol_matrix, training_view
 from depmicro.core.model.bundle import save_model
 from depmicro.core.model.config import ModelConfig, config_from_dict
 from depmicro.core.train import fit
@@ -41,7 +42,6 @@ from depmicro.studies.inference import label as inference_label
 from depmicro.studies.inference import metric_key
 from depmicro.studies.schema import ARTIFACT_PER_MICROBE
 from depmicro.studies.spec import StudySpec, split_data_key
-from depmicro.core.data.evaluation import evaluate, training_view
 
 TRIAL_INDEX = "__trial_index__"  # set by ray.tune.search.Repeater (Optuna over several datasets/seeds)
 FINAL_FILE = "final.json"
@@ -113,10 +113,6 @@ def limit_threads(cpu: float) -> int:
     """As many intra-op threads as CPUs the trial was given (at least one): a trial that spreads over
     every core fights the other concurrent trials for them. OMP/MKL variables carry the limit to any
     process the trial starts; torch itself is told directly (its pool already exists)."""
-    import os
-
-    import torch
-
     n = max(1, int(round(cpu)))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(n)
@@ -139,6 +135,18 @@ def _best_so_far(best: dict, val: dict) -> dict:
     return best
 
 
+@dataclass
+class _Start:
+    """Where a trial starts: fresh, or from a verified checkpoint (`resume_from`, the time and
+    best-so-far scores it carries); `note` says a corrupt newest checkpoint was skipped."""
+
+    dir: str | None = None
+    note: str | None = None
+    elapsed: float = 0.0
+    best: dict = field(default_factory=dict)
+    resume_from: Path | None = None
+
+
 def train_trial(config: dict, shared: SharedData) -> None:
     """Function trainable (see the module docstring for the reporting and checkpoint contract)."""
     spec = shared.spec
@@ -149,29 +157,43 @@ def train_trial(config: dict, shared: SharedData) -> None:
     data = shared.datasets[setup.dataset]
     split = shared.splits[setup.data_key]
     pretrain = tuple(shared.pretrain.get(setup.dataset, ())) if cfg.vae_pretrain else ()
-
     t_start = time.time()
-    elapsed_before = 0.0
-    resume_from = None
-    best: dict = {}
-    restore_dir = None
-    fallback_note = None
-    ckpt = tune.get_checkpoint()
-    if ckpt is not None:  # verified first: a corrupt newest checkpoint falls back to the one before
-        restore_dir, fallback_note = restore_point(ckpt)
-    if restore_dir is not None:
-        root = Path(restore_dir)
-        if (root / FINAL_FILE).is_file():  # finished before the driver or worker died: report it again, do not retrain
-            final = json.loads((root / FINAL_FILE).read_text())
-            extra = {"checkpoint_fallback": fallback_note} if fallback_note else {}
-            tune.report({**final["metrics"], **extra}, checkpoint=tune.Checkpoint.from_directory(restore_dir))
-            shutil.rmtree(restore_dir, ignore_errors=True)
-            return
-        info = json.loads((root / TRIAL_FILE).read_text())
-        elapsed_before, best = float(info["elapsed"]), dict(info["best"])
-        resume_from = root / "state"
-
+    start = _start(tune.get_checkpoint())
+    if start is None:  # finished before: its final result went out again
+        return
     pending: dict = {}  # the held-back last epoch: metrics and its checkpoint directory
+    try:
+        res = fit(cfg, data, split, pretrain=pretrain, dep_stats=shared.dep_stats.get(setup.data_key),
+                  on_epoch=_epoch_reporter(cfg, start, pending, node_id, t_start), resume_from=start.resume_from,
+                  vae_cache_dir=shared.cache_dir, vae_entries=shared.vae)
+    finally:
+        if start.dir:
+            shutil.rmtree(start.dir, ignore_errors=True)
+    _report_final(spec, cfg, data, split, res, pending, start, node_id, t_start)
+
+
+def _start(ckpt) -> _Start | None:
+    """The trial's starting point from Tune's checkpoint (verified first: a corrupt newest one falls
+    back to the one before); None when that checkpoint is final: its result is reported again, not retrained."""
+    if ckpt is None:
+        return _Start()
+    restore_dir, note = restore_point(ckpt)
+    if restore_dir is None:
+        return _Start(note=note)
+    root = Path(restore_dir)
+    if (root / FINAL_FILE).is_file():  # finished before the driver or worker died
+        final = json.loads((root / FINAL_FILE).read_text())
+        extra = {"checkpoint_fallback": note} if note else {}
+        tune.report({**final["metrics"], **extra}, checkpoint=tune.Checkpoint.from_directory(restore_dir))
+        shutil.rmtree(restore_dir, ignore_errors=True)
+        return None
+    info = json.loads((root / TRIAL_FILE).read_text())
+    return _Start(restore_dir, note, float(info["elapsed"]), dict(info["best"]), root / "state")
+
+
+def _epoch_reporter(cfg: ModelConfig, start: _Start, pending: dict, node_id: str, t_start: float):
+    """fit's on_epoch hook: report each validated epoch with a checkpoint; hold the last one back in `pending`."""
+    best = start.best
 
     def on_epoch(rep) -> None:
         if not rep.val:  # epochs without validation have nothing for the scheduler; no report
@@ -179,12 +201,12 @@ def train_trial(config: dict, shared: SharedData) -> None:
         _best_so_far(best, rep.val)
         metrics = {"epoch": rep.epoch, "train_loss": float(rep.train_loss), "epoch_seconds": float(rep.seconds),
                    **{f"val_{m}": float(rep.val[m]) for m in METRICS if m in rep.val}, **best, "node_id": node_id}
-        if fallback_note and not pending.get("noted"):  # the first result after a fallback says so
-            metrics["checkpoint_fallback"] = fallback_note
+        if start.note and not pending.get("noted"):  # the first result after a fallback says so
+            metrics["checkpoint_fallback"] = start.note
             pending["noted"] = True
         d = Path(tempfile.mkdtemp(prefix="depmicro-ckpt-"))
         rep.save_checkpoint(d / "state")
-        (d / TRIAL_FILE).write_text(json.dumps({"elapsed": elapsed_before + time.time() - t_start, "best": best}))
+        (d / TRIAL_FILE).write_text(json.dumps({"elapsed": start.elapsed + time.time() - t_start, "best": best}))
         if rep.epoch >= (rep.total_epochs or cfg.epochs):
             pending.update(metrics=metrics, dir=d)
             return None
@@ -194,23 +216,22 @@ def train_trial(config: dict, shared: SharedData) -> None:
             shutil.rmtree(d, ignore_errors=True)
         return None
 
-    try:
-        res = fit(cfg, data, split, pretrain=pretrain, dep_stats=shared.dep_stats.get(setup.data_key),
-                  on_epoch=on_epoch, resume_from=resume_from, vae_cache_dir=shared.cache_dir, vae_entries=shared.vae)
-    finally:
-        if restore_dir:
-            shutil.rmtree(restore_dir, ignore_errors=True)
+    return on_epoch
 
-    # test metrics: fit imputed once with the best-validation model and scored test from it
-    Y, filled, test = protocol_matrix(data.counts, split, cfg.protocol), res.filled, res.test
-    per_test = per_microbe_pcc(Y, filled, split.test)
-    per_val = per_microbe_pcc(Y, filled, split.val) if split.val.any() else np.full(Y.shape[1], np.nan)
 
+def _report_final(spec: StudySpec, cfg: ModelConfig, data, split, res, pending: dict, start: _Start, node_id: str,
+                  t_start: float) -> None:
+    """The last epoch's metrics with the test metrics (fit imputed once with the best-validation
+    model and scored test from it), the inference table, the model and the per-microbe PCCs, in one
+    final checkpoint."""
+    Y = protocol_matrix(data.counts, split, cfg.protocol)
+    per_test = per_microbe_pcc(Y, res.filled, split.test)
+    per_val = per_microbe_pcc(Y, res.filled, split.val) if split.val.any() else np.full(Y.shape[1], np.nan)
     pending.pop("noted", None)
     d = pending.get("dir") or Path(tempfile.mkdtemp(prefix="depmicro-ckpt-"))
-    metrics = dict(pending.get("metrics") or _last_metrics(res, best, node_id))
-    metrics.update({f"test_{k}": (float(v) if k not in ("n_microbes", "n_heldout") else int(v)) for k, v in test.items()})
-    metrics["seconds"] = elapsed_before + time.time() - t_start
+    metrics = dict(pending.get("metrics") or _last_metrics(res, start.best, node_id))
+    metrics.update({f"test_{k}": (float(v) if k not in ("n_microbes", "n_heldout") else int(v)) for k, v in res.test.items()})
+    metrics["seconds"] = start.elapsed + time.time() - t_start
     metrics["vae_seconds"] = float(res.vae_seconds)  # VAE training this trial paid (0: shipped, cached or resumed)
     metrics["vae_cached"] = int(res.vae_source in ("shared", "cache"))
     metrics.setdefault("best_val_pcc_per_microbe", float(res.val.get("pcc_per_microbe", float("nan"))) if res.val else float("nan"))

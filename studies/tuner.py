@@ -1,5 +1,7 @@
-"""The Ray Tune pieces of a study: search space, search algorithm, scheduler, resources, run config
-and the progress lines. Why each mapping: see runner.py's docstring."""
+"""The Ray Tune side of a study: `build_tuner` (the study's Tuner, every Tune setting in one
+function), `build_confirm_tuner`, `restore_tuner`, and the pieces they use: search space, search
+algorithm, scheduler, resources, run config, the time limits and the progress lines. Why each
+mapping: see runner.py's docstring."""
 from __future__ import annotations
 
 import os
@@ -67,12 +69,47 @@ def num_samples(spec: StudySpec) -> int:
     return spec.num_samples * len(data_combos(spec)) if spec.search == "optuna" else spec.num_samples
 
 
+def build_tuner(spec: StudySpec, shared: SharedData, storage: Path, tracker: Callback,
+                warm: list[dict] | None = None) -> tune.Tuner:
+    """The study's Tuner, every Tune setting in one place: the search space and algorithm (Optuna,
+    or Tune's variant generator for random/grid), ASHA, resources per trial, failure retries,
+    checkpoints, the per-trial time limit and the session time budget."""
+    callbacks = [tracker, progress_callback(spec, spec.n_trials()), TimeBudget(spec.time_budget_s)]
+    return tune.Tuner(
+        trainable(shared),
+        param_space=param_space(spec),
+        tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=search_alg(spec, warm),
+                                    scheduler=scheduler(spec), num_samples=num_samples(spec),
+                                    max_concurrent_trials=spec.max_concurrent_trials),
+        run_config=run_config(spec, storage, callbacks),
+    )
+
+
+def build_confirm_tuner(cspec: StudySpec, shared: SharedData, exp: Path, tracker: Callback, points: list[dict]) -> tune.Tuner:
+    """The confirmation phase's Tuner (`cspec` = confirm.confirm_spec): every chosen configuration on
+    every (data set, confirm seed), as a grid in its own experiment `exp`, without early stopping."""
+    keys = cspec.data_keys
+    space = {"point": tune.grid_search([{"rank": p["rank"], "config": p["config"]} for p in points]),
+             "data": tune.grid_search(keys) if len(keys) > 1 else keys[0]}
+    rc = run_config(cspec, exp.parent, [tracker, progress_callback(cspec, len(points) * len(keys))])
+    rc.name = exp.name
+    return tune.Tuner(trainable(shared), param_space=space, run_config=rc,
+                      tune_config=tune.TuneConfig(metric=cspec.metric, mode=cspec.mode, num_samples=1,
+                                                  search_alg=BasicVariantGenerator(random_state=cspec.search_seed),
+                                                  max_concurrent_trials=cspec.max_concurrent_trials))
+
+
+def restore_tuner(exp: Path, shared: SharedData) -> tune.Tuner:
+    """The saved Tuner of a stopped study (its settings and callbacks come with it); errored trials run again."""
+    return tune.Tuner.restore(str(exp), trainable=trainable(shared), resume_errored=True)
+
+
 def trainable(shared: SharedData):
     res = {"cpu": shared.spec.resources.cpu, "gpu": shared.spec.resources.gpu}
     return tune.with_resources(tune.with_parameters(train_trial, shared=shared), res)
 
 
-def run_config(spec: StudySpec, storage: Path, callbacks: list):
+def run_config(spec: StudySpec, storage: Path, callbacks: list) -> tune.RunConfig:
     return tune.RunConfig(
         name=spec.name, storage_path=str(storage), callbacks=callbacks, verbose=0,
         stop=TrialTimeStopper(spec.max_trial_seconds) if spec.max_trial_seconds else None,
@@ -105,7 +142,8 @@ class TimeBudget(Callback):
     TERMINATED and marks the searcher finished, so a restored Tuner has nothing left to run and
     `study resume` could not continue the study. The clock restarts in each session (resume), and
     `study resume --time-budget` replaces the budget for that session (through RESUME_BUDGET_ENV:
-    a restored Tuner keeps the callbacks it was created with)."""
+    a restored Tuner keeps the callbacks it was created with). So it is always installed, with or
+    without a budget: a resume can set one."""
 
     def __init__(self, seconds: float | None) -> None:
         self.seconds = seconds
@@ -130,11 +168,6 @@ class TimeBudget(Callback):
 
 
 RESUME_BUDGET_ENV = "DEPMICRO_RESUME_TIME_BUDGET_S"
-
-
-def budget_callbacks(spec: StudySpec) -> list:
-    """Always present (possibly without a budget), so that a resume can set one."""
-    return [TimeBudget(spec.time_budget_s)]
 
 
 # --- progress ---------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any
 from depmicro.core.errors import DepmicroError
 from depmicro.studies.confirm import rank_configs, score_key
 from depmicro.studies.spec import Param, StudySpec
-from depmicro.studies.tracking import study_status
+from depmicro.studies.status import study_status
 
 
 def in_space(p: Param, v: Any) -> bool:

@@ -1,21 +1,33 @@
-"""What every command shares: registration with --json, and argument types that reject bad values
-in one line (argparse turns an ArgumentTypeError into `depmicro CMD: error: ...`, exit 2)."""
+"""What every command shares: the entry of a COMMANDS table, and argument types that reject bad
+values in one line (argparse turns an ArgumentTypeError into `depmicro CMD: error: ...`, exit 2)."""
 from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 Handler = Callable[[argparse.Namespace], "dict | None"]
 
 
-def add_command(sub: argparse._SubParsersAction, name: str, handler: Handler, help: str, json_flag: bool = True) -> argparse.ArgumentParser:
-    """Register a subcommand; every command that prints results gets --json."""
-    p = sub.add_parser(name, help=help, description=help)
-    if json_flag:
-        p.add_argument("--json", action="store_true", help="print results as one JSON object")
-    p.set_defaults(_handler=handler)
-    return p
+@dataclass(frozen=True)
+class Command:
+    """One row of a COMMANDS table.
+
+    `handler` names the function as "package.module:function"; the dispatcher imports it only when
+    the command runs, so the module holding it imports what it needs (torch, Ray, MLflow) at module
+    level and `depmicro --help` still loads none of it. `arguments` and `check` run before that
+    import: `check` refuses what it can cheaply (a bad study file) before the handler's module
+    loads. A name with a space ("study run") is an action of the group named by its first word;
+    a row without a handler is such a group.
+    """
+
+    name: str
+    help: str
+    handler: str = ""
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    check: Callable[[argparse.Namespace], None] | None = None
+    json_flag: bool = True
 
 
 def data_args(p: argparse.ArgumentParser) -> None:

@@ -1,5 +1,5 @@
-"""`depmicro train` and `depmicro impute`. Heavy imports stay inside the handlers so that
-`depmicro --help` stays fast."""
+"""`depmicro train` and `depmicro impute` (arguments: cli/arguments.py). Loaded only when one of
+them runs, so torch stays out of `depmicro --help`."""
 from __future__ import annotations
 
 import argparse
@@ -9,19 +9,20 @@ import tempfile
 import time
 from pathlib import Path
 
-from depmicro.core.cli.common import add_command
-from depmicro.core.data.evaluation import PROTOCOLS
+import numpy as np
+import pandas as pd
+
+from depmicro.core.data import check_same_taxa, load_dataset
+from depmicro.core.data.evaluation import make_split
 from depmicro.core.errors import DepmicroError
+from depmicro.core.io.manifest import MANIFEST
 from depmicro.core.io.outputs import MODEL_KIND, check_output
+from depmicro.core.model.bundle import load_model, save_model
+from depmicro.core.model.config import load_config
+from depmicro.core.train import fit
 
 
-def _cmd_train(args: argparse.Namespace) -> dict:
-    from depmicro.core.model.bundle import save_model
-    from depmicro.core.model.config import load_config
-    from depmicro.core.data import check_same_taxa, load_dataset
-    from depmicro.core.data.evaluation import make_split
-    from depmicro.core.train import fit
-
+def train(args: argparse.Namespace) -> dict:
     overrides = list(args.set or [])
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
@@ -50,9 +51,6 @@ def _std_path(path: Path) -> Path:
 def _write_table(path: Path, values, obs_names, var_names, observed, std=None) -> None:
     """Write next to the target and rename, so a failure never leaves half a file. `std` (same shape)
     goes into the AnnData layer "std", or for CSV/TSV into `<name>.std<suffix>` beside the output."""
-    import numpy as np
-    import pandas as pd
-
     suffix = path.suffix.lower()
     if suffix not in (".h5ad", ".csv", ".tsv"):
         raise DepmicroError(f"{path}: output must end in .h5ad, .csv or .tsv")
@@ -91,13 +89,7 @@ def _write_table(path: Path, values, obs_names, var_names, observed, std=None) -
         raise
 
 
-def _cmd_impute(args: argparse.Namespace) -> dict:
-    import numpy as np
-
-    from depmicro.core.model.bundle import load_model
-    from depmicro.core.data import load_dataset
-    from depmicro.core.io.manifest import MANIFEST
-
+def impute(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     model_dir = Path(args.model)
     if not model_dir.is_dir():
@@ -130,30 +122,3 @@ def _cmd_impute(args: argparse.Namespace) -> dict:
     if std is not None:
         res["std"] = "layer 'std'" if out.suffix.lower() == ".h5ad" else str(_std_path(out))
     return res
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = add_command(sub, "train", _cmd_train, "train DepMicroDiff under the held-out protocol; prints val and test metrics")
-    p.add_argument("config", help="YAML model config (e.g. studies/configs/tiny.yaml)")
-    p.add_argument("--data", required=True, help="target data set (.h5ad, .csv or .tsv counts)")
-    p.add_argument("--metadata", help="per-sample metadata table (first column: sample id)")
-    p.add_argument("--pretrain", nargs="*", default=[], help="other data sets with the same taxa for VAE pretraining")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
-    p.add_argument("--seed", type=int, help="seed of the model and of the held-out masks (overrides the config)")
-    p.add_argument("--protocol", choices=PROTOCOLS, help="paper: normalize, then hold out; renormalized: hold out on the counts, "
-                   "normalize each row over its observed entries (overrides the config)")
-    p.add_argument("--out", required=True, help="model directory to write (built aside, then renamed into place)")
-    p.add_argument("--max-memory", metavar="SIZE", help="memory cap, e.g. 4GB: training micro-batches (gradient "
-                   "accumulation keeps batch_size) and imputation batches are sized to fit (overrides the config)")
-    p.set_defaults(command="train")
-
-    p = add_command(sub, "impute", _cmd_impute, "fill missing entries (NaN/empty cells, or zeros with --zeros) with a trained model")
-    p.add_argument("--model", required=True, help="model directory written by `depmicro train`")
-    p.add_argument("--data", required=True, help="counts with missing entries as NaN/empty cells")
-    p.add_argument("--metadata", help="per-sample metadata table (first column: sample id)")
-    p.add_argument("--out", required=True, help="output .h5ad, .csv or .tsv (normalized space, Eq. 10-11)")
-    p.add_argument("--zeros", action="store_true", help="also treat every zero count as missing")
-    p.add_argument("--uncertainty", type=int, nargs="?", const=8, metavar="N",
-                   help="also write each entry's std over N diffusion draws (default 8; 0 on observed entries): "
-                        "AnnData layer 'std', or <out>.std.csv/.tsv beside a CSV/TSV")
-    p.set_defaults(command="impute")

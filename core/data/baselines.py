@@ -1,6 +1,8 @@
 """Classical imputers under the same protocol: the bar DepMicroDiff has to clear."""
 from __future__ import annotations
 
+import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -116,9 +118,6 @@ def impute_with_baseline(name: str, Y: np.ndarray, observed: np.ndarray, seed: i
                          n_nearest_features: int | None = None) -> tuple[np.ndarray, float]:
     """Fit and impute in one timed call; the one path the CLI, studies and benchmarks score through.
     sklearn's convergence warnings are silenced: the protocol's number is what is reported."""
-    import time
-    import warnings
-
     imputer = make_baseline(name, seed=seed, max_iter=max_iter, n_nearest_features=n_nearest_features)
     t0 = time.perf_counter()
     with warnings.catch_warnings():

@@ -5,7 +5,9 @@ apply whatever the file format.
 """
 from __future__ import annotations
 
+import gzip
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -165,9 +167,6 @@ _SEPARATORS = {",": "','", "\t": "a tab", ";": "';'", "|": "'|'"}
 
 def _first_line(p: Path) -> str:
     """The header line, through gzip where the name says so; DepmicroError for a damaged file."""
-    import gzip
-    import zlib
-
     try:
         if p.name.lower().endswith(".gz"):
             with gzip.open(p, "rt", encoding="utf-8", newline="") as f:
@@ -193,8 +192,6 @@ def _check_separator(p: Path, header: str) -> None:
 
 
 def _read_table(p: Path, orientation: str, allow_missing: bool) -> Dataset:
-    import zlib
-
     _check_separator(p, _first_line(p))
     try:
         df = pd.read_csv(p, sep=_sep_for(p), index_col=0, dtype=str, keep_default_na=False)

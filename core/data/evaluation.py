@@ -15,6 +15,7 @@ LOWER_IS_BETTER and `better` from here (add a metric: compute it in `evaluate`, 
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import math
@@ -52,8 +53,6 @@ class Split:
 
     def fingerprint(self) -> str:
         """Stable hash of the masks, for cache keys."""
-        import hashlib
-
         h = hashlib.sha256()
         h.update(np.packbits(self.test).tobytes())
         h.update(np.packbits(self.val).tobytes())

@@ -12,10 +12,10 @@ from depmicro.core.model.dat import N_COND
 from depmicro.core.model.vae import corrupt
 
 if TYPE_CHECKING:
-    from depmicro.core.model.imputer import DepMicroDiffImputer
+    from depmicro.core.model.module import DepMicroDiff
 
 
-def epsilon_loss(imp: DepMicroDiffImputer, y: torch.Tensor, obs: torch.Tensor, meta: torch.Tensor | None, has: torch.Tensor | None,
+def epsilon_loss(imp: DepMicroDiff, y: torch.Tensor, obs: torch.Tensor, meta: torch.Tensor | None, has: torch.Tensor | None,
          rng: np.random.Generator, target: np.ndarray | None = None, t_fixed: int | None = None) -> torch.Tensor:
     """Epsilon-prediction loss on CSDI-style re-masked observed entries, all AR steps at once,
     each step with its own timestep (the paper's base strategy).

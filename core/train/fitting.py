@@ -22,7 +22,7 @@ from depmicro.core.deps import cached_dep_stats, dependency_mask
 from depmicro.core.errors import DepmicroError
 from depmicro.core.model.ar import token_rank
 from depmicro.core.model.config import ModelConfig
-from depmicro.core.model.imputer import DepMicroDiffImputer
+from depmicro.core.model.module import DepMicroDiff
 from depmicro.core.model.metadata import MetadataEncoder
 from depmicro.core.train.trainer import EpochReport, OnEpoch, Trainer, save_checkpoint, seed_all
 from depmicro.core.train.vae_phase import VaeEntry, pretrain_vae
@@ -30,7 +30,7 @@ from depmicro.core.train.vae_phase import VaeEntry, pretrain_vae
 
 @dataclass
 class FitResult:
-    imputer: DepMicroDiffImputer  # the best-validation model
+    imputer: DepMicroDiff  # the best-validation model
     val: dict[str, float]
     test: dict[str, float]
     filled: np.ndarray  # its imputation of the training view (every held-out entry filled), scored as val/test
@@ -54,13 +54,13 @@ def dependency_inputs(cfg: ModelConfig, Y_view: np.ndarray, dep_stats=None) -> t
 
 
 def build_imputer(cfg: ModelConfig, Y_view: np.ndarray, observed: np.ndarray, var_names: Sequence[str] | None,
-                  metadata: Sequence[str | None] | None, dep_stats=None) -> DepMicroDiffImputer:
+                  metadata: Sequence[str | None] | None, dep_stats=None) -> DepMicroDiff:
     dep, f_stat = dependency_inputs(cfg, Y_view, dep_stats)
     rank = token_rank(cfg.ar_order, Y_view, observed, f_stat, cfg.f_threshold)
     meta_dim = 0
     if cfg.use_metadata and metadata is not None and any(metadata):
         meta_dim = MetadataEncoder(cfg.metadata_model).dim
-    return DepMicroDiffImputer(cfg, Y_view.shape[1], var_names, meta_dim, dep=dep, rank=rank)
+    return DepMicroDiff(cfg, Y_view.shape[1], var_names, meta_dim, dep=dep, rank=rank)
 
 
 # --- entry points --------------------------------------------------------------------------------
@@ -75,23 +75,10 @@ def fit(cfg: ModelConfig, data: Dataset, split: Split, *, pretrain: Sequence[Dat
     the checkpoint and neither is read.
     """
     t_start = time.perf_counter()
-    if split.test.shape != data.counts.shape:
-        raise DepmicroError(f"split masks {split.test.shape} do not match the data {data.counts.shape}")
-    Y = protocol_matrix(data.counts, split, cfg.protocol)
-    if pretrain:
-        check_same_taxa([data, *pretrain])
-        if any(p.name == data.name and p.counts.shape == data.counts.shape and np.array_equal(p.counts, data.counts) for p in pretrain):
-            raise DepmicroError(f"pretraining sets must not include the target set {data.name!r} (leave-target-out)")
-    Y_view = training_view(Y, split)
-    observed = split.observed
+    Y, Y_view, observed = _views(cfg, data, split, pretrain)
     metadata = data.metadata_text() if cfg.use_metadata else None
     seed_all(cfg.seed)
     imp = build_imputer(cfg, Y_view, observed, data.var_names, metadata, dep_stats)
-    has_val = bool(split.val.any())
-    history: list[dict] = []
-    best: dict = {"score": None, "epoch": None, "val": None, "state": None}
-    stale = 0
-    start = 1
     vae_info = {"source": "checkpoint", "seconds": 0.0}
     if resume_from is None:
         vae_info = pretrain_vae(imp, Y_view, observed, [p.normalized for p in pretrain], vae_cache_dir, vae_entries)
@@ -99,54 +86,84 @@ def fit(cfg: ModelConfig, data: Dataset, split: Split, *, pretrain: Sequence[Dat
         for p in imp.vae.parameters():
             p.requires_grad_(False)
     trainer = Trainer(imp, Y_view, observed, metadata)
+    history: list[dict] = []
+    best: dict = {"score": None, "epoch": None, "val": None, "state": None}
+    stale, start = 0, 1
     if resume_from is not None:
         last, best, history, stale = trainer.restore(Path(resume_from))
         start = last + 1
-    epoch = start - 1
-    n_epochs = trainer.n_epochs
+    epoch, n_epochs = start - 1, trainer.n_epochs
     for epoch in range(start, n_epochs + 1):
         t0 = time.perf_counter()
         loss = trainer.epoch(progress)
         val: dict[str, float] = {}
-        if has_val and (epoch % cfg.val_every == 0 or epoch == n_epochs):
-            with trainer.ema_swapped():  # validation scores (and the best state keeps) the EMA weights
-                filled = imp.impute(Y_view, observed, metadata)
-                val = evaluate(Y, filled, split.val)
-                score = val[cfg.val_metric]
-                if better(cfg.val_metric, score, best["score"]):
-                    best = {"score": score, "epoch": epoch, "val": val,
-                            "state": {k: v.detach().cpu().clone() for k, v in imp.net.state_dict().items()}}
-                    stale = 0
-                else:
-                    stale += 1
-        elif not has_val:
+        if not split.val.any():
             best = {"score": None, "epoch": epoch, "val": None, "state": None}
+        elif epoch % cfg.val_every == 0 or epoch == n_epochs:
+            val, best, stale = _validate(trainer, Y, Y_view, observed, metadata, split, epoch, best, stale)
         rec = {"epoch": epoch, "train_loss": loss, "val": val, "seconds": time.perf_counter() - t0, "step": trainer.step}
         history.append(rec)
-        ep, b, h, s = epoch, dict(best), list(history), stale
-        report = EpochReport(epoch, loss, val, rec["seconds"], lambda d, ep=ep, b=b, h=h, s=s: save_checkpoint(trainer, d, ep, b, h, s),
-                             model=imp, total_epochs=n_epochs, ema_weights=trainer.ema_swapped)
         if progress:  # stderr, so stdout stays clean for --json
             shown = f" val {cfg.val_metric}={val[cfg.val_metric]:.4f}" if val else ""
             print(f"epoch {epoch}/{n_epochs} loss={loss:.4f}{shown} ({rec['seconds']:.1f}s)", file=sys.stderr, flush=True)
-        if on_epoch is not None and on_epoch(report):
+        if on_epoch is not None and on_epoch(_report(trainer, rec, n_epochs, best, history, stale)):
             break
         if cfg.patience and stale >= cfg.patience:
             break
+    filled, val, test = _finish(trainer, best, Y, Y_view, observed, metadata, split)
+    return FitResult(imputer=imp, val=val, test=test, filled=filled, history=history, seconds=time.perf_counter() - t_start, epochs=epoch,
+                     vae_source=vae_info["source"], vae_seconds=float(vae_info["seconds"]))
+
+
+def _views(cfg: ModelConfig, data: Dataset, split: Split, pretrain: Sequence[Dataset]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The matrix scored under cfg.protocol, its training view (held-out entries NaN) and the observed mask."""
+    if split.test.shape != data.counts.shape:
+        raise DepmicroError(f"split masks {split.test.shape} do not match the data {data.counts.shape}")
+    Y = protocol_matrix(data.counts, split, cfg.protocol)
+    if pretrain:
+        check_same_taxa([data, *pretrain])
+        if any(p.name == data.name and p.counts.shape == data.counts.shape and np.array_equal(p.counts, data.counts) for p in pretrain):
+            raise DepmicroError(f"pretraining sets must not include the target set {data.name!r} (leave-target-out)")
+    return Y, training_view(Y, split), split.observed
+
+
+def _validate(trainer: Trainer, Y: np.ndarray, Y_view: np.ndarray, observed: np.ndarray, metadata, split: Split,
+              epoch: int, best: dict, stale: int) -> tuple[dict, dict, int]:
+    """Score split.val with the EMA weights; a better score replaces `best` (and its state), else `stale` grows."""
+    imp, metric = trainer.imp, trainer.imp.cfg.val_metric
+    with trainer.ema_swapped():  # validation scores (and the best state keeps) the EMA weights
+        val = evaluate(Y, imp.impute(Y_view, observed, metadata), split.val)
+        if better(metric, val[metric], best["score"]):
+            state = {k: v.detach().cpu().clone() for k, v in imp.net.state_dict().items()}
+            return val, {"score": val[metric], "epoch": epoch, "val": val, "state": state}, 0
+    return val, best, stale + 1
+
+
+def _report(trainer: Trainer, rec: dict, n_epochs: int, best: dict, history: list[dict], stale: int) -> EpochReport:
+    """What on_epoch sees; its save_checkpoint writes the state as of this epoch."""
+    ep, b, h = rec["epoch"], dict(best), list(history)
+    return EpochReport(ep, rec["train_loss"], rec["val"], rec["seconds"],
+                       lambda d: save_checkpoint(trainer, d, ep, b, h, stale),
+                       model=trainer.imp, total_epochs=n_epochs, ema_weights=trainer.ema_swapped)
+
+
+def _finish(trainer: Trainer, best: dict, Y: np.ndarray, Y_view: np.ndarray, observed: np.ndarray, metadata,
+            split: Split) -> tuple[np.ndarray, dict, dict]:
+    """Keep the best-validation weights (else the EMA ones), impute the view once, score val and test from it."""
+    imp = trainer.imp
     if best.get("state"):
         imp.net.load_state_dict(best["state"])
     else:
         trainer.use_ema()
     imp.net.eval()
     filled = imp.impute(Y_view, observed, metadata)
-    val = evaluate(Y, filled, split.val) if has_val else {}
+    val = evaluate(Y, filled, split.val) if split.val.any() else {}
     test = evaluate(Y, filled, split.test)
     imp.to("cpu")
-    return FitResult(imputer=imp, val=val, test=test, filled=filled, history=history, seconds=time.perf_counter() - t_start, epochs=epoch,
-                     vae_source=vae_info["source"], vae_seconds=float(vae_info["seconds"]))
+    return filled, val, test
 
 
-def train_on_view(imp: DepMicroDiffImputer, Y: np.ndarray, observed: np.ndarray, metadata=None) -> DepMicroDiffImputer:
+def train_on_view(imp: DepMicroDiff, Y: np.ndarray, observed: np.ndarray, metadata=None) -> DepMicroDiff:
     """The Imputer-protocol fit: VAE then cfg.epochs (or cfg.train_steps) of DAT training on the observed entries, no selection."""
     cfg = imp.cfg
     seed_all(cfg.seed)

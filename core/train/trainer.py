@@ -7,6 +7,7 @@ import io
 import json
 import math
 import random
+import sys
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from depmicro.core.errors import DepmicroError
 from depmicro.core.io.manifest import MANIFEST, read_bundle, read_member
 from depmicro.core.model.bundle import manifested_dir, write_model_files
 from depmicro.core.model.config import ModelConfig
-from depmicro.core.model.imputer import INFER_BATCH, DepMicroDiffImputer, LatentStats
+from depmicro.core.model.module import INFER_BATCH, DepMicroDiff, LatentStats
 from depmicro.core.model.memory import plan_rows
 
 @dataclass
@@ -32,7 +33,7 @@ class EpochReport:
     _saver: Callable[[Path], None] | None = field(default=None, repr=False, compare=False)
     # the live model after this epoch (eval mode; not the best-so-far), for hooks that evaluate more than
     # validation metrics (tests/bench/dat_epochs.py). Read it, do not keep or train it.
-    model: DepMicroDiffImputer | None = field(default=None, repr=False, compare=False)
+    model: DepMicroDiff | None = field(default=None, repr=False, compare=False)
     total_epochs: int = 0  # epochs the run is planned to last (cfg.epochs, or what cfg.train_steps needs)
     # `with report.ema_weights():` puts the EMA weights (what validation scores and bundles hold) into `model`
     ema_weights: Callable[[], AbstractContextManager] | None = field(default=None, repr=False, compare=False)
@@ -101,7 +102,7 @@ class Trainer:
     the raw weights live only in the training checkpoint.
     """
 
-    def __init__(self, imp: DepMicroDiffImputer, Y_view: np.ndarray, observed: np.ndarray, metadata):
+    def __init__(self, imp: DepMicroDiff, Y_view: np.ndarray, observed: np.ndarray, metadata):
         cfg = imp.cfg
         self.imp, self.cfg = imp, cfg
         self.acc = accelerator_for(cfg)
@@ -171,7 +172,7 @@ class Trainer:
         if progress:
             from tqdm.auto import tqdm
 
-            batches = tqdm(batches, leave=False, desc="batches", file=__import__("sys").stderr)
+            batches = tqdm(batches, leave=False, desc="batches", file=sys.stderr)
         total, n = 0.0, 0
         for idx in batches:
             self._set_lr()

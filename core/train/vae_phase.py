@@ -34,7 +34,7 @@ from depmicro.core.model.vae import TokenVAE, train_vae
 from depmicro.core.train.trainer import phase_seed, seed_all
 
 if TYPE_CHECKING:
-    from depmicro.core.model.imputer import DepMicroDiffImputer
+    from depmicro.core.model.module import DepMicroDiff
 
 FORMAT = "depmicro-vae/1"
 # what the VAE phase reads from the config (train_vae_entry below: the VAE init draws from torch.manual_seed(seed),
@@ -184,7 +184,7 @@ def cached_vae_entry(cfg: ModelConfig, Y_view: np.ndarray, observed: np.ndarray,
     return entry, "trained"
 
 
-def pretrain_vae(imp: DepMicroDiffImputer, Y_view: np.ndarray, observed: np.ndarray, pretrain: Sequence[np.ndarray],
+def pretrain_vae(imp: DepMicroDiff, Y_view: np.ndarray, observed: np.ndarray, pretrain: Sequence[np.ndarray],
                   cache_dir: str | Path | None = None, entries: Mapping[str, VaeEntry] | None = None) -> dict:
     """Give `imp` its trained, frozen VAE (from the cache or trained now), then reseed every RNG.
 

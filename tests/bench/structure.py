@@ -4,8 +4,12 @@
 
 Counts (package code: every .py outside tests/, .venv*, build/; tests are counted apart where said):
 - imports_in_functions: import statements inside a function body; `depmicro` those importing depmicro
-  itself, split into `depmicro_in_cli_handlers` (command modules, which keep `depmicro --help` fast by
-  importing torch/pandas-heavy modules on use) and `depmicro_elsewhere` (the cycle dodges; target 0).
+  itself, split into `depmicro_in_cli_handlers` (command modules, which kept `depmicro --help` fast by
+  importing torch/pandas-heavy modules on use, before the COMMANDS tables) and `depmicro_elsewhere`
+  (the cycle dodges; target 0).
+- lazy_cli_entry_points: what replaced the in-handler imports: `Command(...)` rows whose handler is a
+  "module:function" string (imported when the command runs), and the calls of importlib.import_module
+  inside functions (the one loader that imports them), with where they are.
 - metric_direction_definitions: literal collections of metric names holding "rmse" and "mae" but not
   "pcc" (a list of minimised metrics), with where they are.
 - metric_list_definitions / baseline_list_definitions: literal collections holding all of
@@ -56,6 +60,7 @@ def scan(root: Path) -> dict:
     tag_files: set[str] = set()
     longest = {"name": None, "file": None, "lines": 0}
     big, big_tests = [], []
+    lazy_rows, loaders = [], []
     for path in python_files(root):
         rel = path.relative_to(root).as_posix()
         is_test = rel.startswith("tests/")
@@ -78,6 +83,10 @@ def scan(root: Path) -> dict:
                 size = node.end_lineno - node.lineno + 1
                 if size > longest["lines"]:
                     longest = {"name": node.name, "file": rel, "lines": size}
+            if isinstance(node, ast.Call) and _lazy_handler(node):
+                lazy_rows.append(f"{rel}:{node.lineno}")
+            if isinstance(node, ast.Call) and _is_import_module(node) and _in_function(node, parents):
+                loaders.append(f"{rel}:{node.lineno}")
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 p, inside = parents.get(node), False
                 while p is not None:
@@ -111,6 +120,8 @@ def scan(root: Path) -> dict:
         "root": str(root),
         "imports_in_functions": in_fn,
         "depmicro_imports_in_functions_outside_cli": elsewhere,
+        "lazy_cli_entry_points": {"table_rows_with_handler_strings": len(lazy_rows),
+                                  "import_module_calls_in_functions": sorted(loaders)},
         "metric_direction_definitions": _places(direction),
         "metric_list_definitions": _places(metric_lists),
         "baseline_list_definitions": _places(baseline_lists),
@@ -118,6 +129,29 @@ def scan(root: Path) -> dict:
         "longest_function": longest,
         "files_over_400_lines": {"package": big, "tests": big_tests},
     }
+
+
+def _lazy_handler(call: ast.Call) -> bool:
+    """A `Command(name, help, "module:function", ...)` row (handler positional or by keyword)."""
+    if not (isinstance(call.func, ast.Name) and call.func.id == "Command"):
+        return False
+    args = list(call.args[2:3]) + [k.value for k in call.keywords if k.arg == "handler"]
+    return any(isinstance(a, ast.Constant) and isinstance(a.value, str) and ":" in a.value for a in args)
+
+
+def _is_import_module(call: ast.Call) -> bool:
+    f = call.func
+    return (isinstance(f, ast.Attribute) and f.attr == "import_module") or (isinstance(f, ast.Name) and f.id == "import_module") \
+        or (isinstance(f, ast.Name) and f.id == "__import__")
+
+
+def _in_function(node: ast.AST, parents: dict) -> bool:
+    p = parents.get(node)
+    while p is not None:
+        if isinstance(p, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            return True
+        p = parents.get(p)
+    return False
 
 
 def _places(where: list[str]) -> dict:

@@ -103,3 +103,48 @@ def test_bad_input_is_one_line_nonzero_and_writes_nothing(case, tmp_path, capsys
     assert expected in lines[0]
     assert "Traceback" not in err and out == ""
     assert set(os.listdir(tmp_path)) == before
+
+
+HELP_PROBE = """
+import sys
+from depmicro.core.cli import build_parser, tables
+rows = [c for t in tables() for c in t]
+for argv in [["--help"]] + [c.name.split() + ["--help"] for c in rows]:
+    try:
+        build_parser().parse_args(argv)
+    except SystemExit:
+        pass
+print(",".join(m for m in ("torch", "ray", "mlflow", "matplotlib", "transformers", "sklearn") if m in sys.modules))
+print(len(rows))
+"""
+
+
+def test_help_of_every_command_loads_no_heavy_library():
+    """The COMMANDS tables hold handler names, not handlers: `--help` of every command (studies and
+    analysis included) builds the parser without importing torch, Ray, MLflow or scikit-learn."""
+    proc = subprocess.run([sys.executable, "-c", HELP_PROBE], capture_output=True, text=True, check=True)
+    heavy, n_rows = proc.stdout.strip().splitlines()[-2:]
+    assert heavy == ""
+    assert int(n_rows) == 12  # 6 core rows (group data + 5 commands), 4 study (group + 3), analyze, export
+
+
+def test_every_table_row_names_a_handler_the_loader_finds():
+    from depmicro.core.cli import load, tables
+
+    rows = [c for t in tables() for c in t]
+    names = {c.name for c in rows}
+    assert {"data inspect", "baseline", "deps", "train", "impute", "study run", "study resume", "study status",
+            "analyze", "export"} <= names
+    for c in rows:
+        if c.handler:
+            assert callable(load(c.handler)), c.handler
+        else:  # a group: at least one action under it
+            assert any(n.startswith(c.name + " ") for n in names)
+
+
+def test_analyze_handler_loads_no_torch():
+    """Only `export` needs torch; `analyze` runs beside a live study (tests/studies/test_fault_paths.py)
+    and should not pay for it."""
+    probe = "import sys, depmicro.analysis.commands.analyze; print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "False"

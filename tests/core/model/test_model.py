@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from depmicro.core.model.bundle import load_model, save_model
-from depmicro.core.model.config import ModelConfig, config_from_dict, config_to_dict, load_config
+from depmicro.core.model.config import ModelConfig, config_from_dict
 from depmicro.core.data import Dataset
 from depmicro.core.model.imputer import DepMicroDiffImputer
 from depmicro.core.errors import DepmicroError
@@ -38,47 +38,6 @@ def small_dataset(**kw) -> Dataset:
 
 def cfg_of(**kw) -> ModelConfig:
     return config_from_dict({**FAST, **kw})
-
-
-# --- config ------------------------------------------------------------------------------------
-
-def test_config_validation_errors_are_one_line():
-    with pytest.raises(DepmicroError, match="unknown config key 'hiden_dim'"):
-        config_from_dict({"hiden_dim": 8})
-    for bad in ({"dep_mask_mode": "strict"}, {"ar_decay": 0.0}, {"ar_decay": 1.5}, {"epochs": 0}, {"lr": -1},
-                {"dropout": 1.0}, {"hidden_dim": 30, "n_heads": 4}, {"sampling": "half"}, {"use_metadata": "maybe"},
-                {"latent_dim": "four"}, {"train_mask_ratio": 1.0}, {"sampler_eta": 2}):
-        with pytest.raises(DepmicroError) as err:
-            config_from_dict(bad)
-        assert "\n" not in str(err.value) and next(iter(bad)) in str(err.value)
-
-
-def test_load_config_yaml_and_typed_overrides(tmp_path):
-    p = tmp_path / "c.yaml"
-    p.write_text("hidden_dim: 32\nar_decay: 0.8\nuse_metadata: true\n")
-    cfg = load_config(p, ["epochs=3", "use_metadata=false", "ar_decay=0.75", "sampling=adaptive"])
-    assert (cfg.hidden_dim, cfg.epochs, cfg.use_metadata, cfg.ar_decay, cfg.sampling) == (32, 3, False, 0.75, "adaptive")
-    assert config_from_dict(config_to_dict(cfg)) == cfg
-    with pytest.raises(DepmicroError, match="not key=value"):
-        load_config(p, ["epochs"])
-    with pytest.raises(DepmicroError, match="no such config file"):
-        load_config(tmp_path / "absent.yaml")
-    (tmp_path / "bad.yaml").write_text("- a\n- b\n")
-    with pytest.raises(DepmicroError, match="mapping"):
-        load_config(tmp_path / "bad.yaml")
-
-
-def test_shipped_configs_load():
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[3] / "studies" / "configs"
-    tiny, paper = load_config(root / "tiny.yaml"), load_config(root / "paper.yaml")
-    assert paper.timesteps == 1000 and paper.hidden_dim > tiny.hidden_dim
-    small = load_config(root / "small.yaml")
-    from depmicro.core.train.vae_phase import vae_settings
-
-    assert vae_settings(small) == vae_settings(tiny)  # one cached VAE serves both
-    assert small.estimate == "mean" and small.train_steps > 0 and small.ema_decay > 0
 
 
 # --- invariants ----------------------------------------------------------------------------------
