@@ -8,7 +8,7 @@ time. Without a cap nothing changes: one micro-batch per batch and the model's d
 batch.
 
 The per-row figures are estimates from the shapes a pass allocates (tokens x width x the tensors
-autograd keeps per layer, attention masks and scores over the clean-token blocks and the noisy rows),
+autograd keeps per layer, attention masks and scores over the clean-token and noisy-token blocks),
 with a safety factor; tests/bench/scale.py measures peak memory against the cap.
 """
 from __future__ import annotations
@@ -69,7 +69,13 @@ def row_bytes(cfg, n_taxa: int, n_noisy: int, train: bool) -> int:
     widths = 14 + 2 * cfg.mlp_ratio
     act = (ctx_tokens + S) * H * widths * layers
     # attention: the shared additive masks, and per head the scores and their softmax (kept for backward)
-    masks = n_blocks * b * (b + 2) + S * (ctx_tokens + S)
+    if n_blocks == 1:  # noisy rows of Algorithm 2 over the whole context
+        noisy = S * (ctx_tokens + S)
+    else:  # per block, s_max noisy slots over [condition][b clean][the block's slots] (ar.noisy_blocks); s_max is
+        # the fullest block's count: taken as twice the even share (targets spread over a row's microbes)
+        s_blk = min(S, b, 2 * -(-S // n_blocks))
+        noisy = n_blocks * s_blk * (2 + b + s_blk)
+    masks = n_blocks * b * (b + 2) + noisy
     scores = cfg.n_heads * masks * (2 * layers if train else 2)
     # VAE encodings (frozen, no grad), latents, noise, per-token inputs
     side = D * (32 * 3 + 8 * cfg.latent_dim) + D * H * 2
