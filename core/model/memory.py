@@ -4,8 +4,8 @@ Why: on a wide table (1,700 taxa) a training batch of 64 rows holds activations 
 tokens per layer, and a user's first run should not swap the machine. The trainer splits each
 optimizer batch into micro-batches of `train_rows` rows and accumulates gradients (the optimizer
 still sees `batch_size` rows per step); imputation and validation stream over `infer_rows` rows at a
-time. Without a cap nothing changes: one micro-batch per batch and the model's default inference
-batch.
+time. Without a cap training keeps one micro-batch per batch, and imputation batches are sized to
+UNCAPPED_INFER_BYTES (the default batch on narrow tables).
 
 The per-row figures are estimates from the shapes a pass allocates (tokens x width x the tensors
 autograd keeps per layer, attention masks and scores over the clean-token and noisy-token blocks),
@@ -23,6 +23,10 @@ from depmicro.core.errors import DepmicroError
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
           "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40, "tib": 2**40}
 SAFETY = 1.5  # the estimate misses allocator slack and temporaries; measured peaks stay below it (bench)
+# Without a cap, imputation/validation batches are still sized to this estimate: narrow tables keep the
+# default batch (106 taxa: 256 rows fit), a 1,700-taxon table takes about 20 rows instead of 256 (whose
+# batch pushed a whole uncapped fit to 4.9 GB resident, bench --fit).
+UNCAPPED_INFER_BYTES = 2**30
 
 
 def parse_memory(text: str | int | float) -> int:
@@ -96,12 +100,12 @@ def plan_rows(cfg, Y: np.ndarray, observed: np.ndarray, default_infer: int) -> t
     train_mask_ratio of a row's observed nonzero entries, inference targets its missing entries.
     """
     cap = parse_memory(cfg.max_memory)
-    if cap == 0:
-        return cfg.batch_size, default_infer
     D = Y.shape[1]
     nz = (observed & (np.nan_to_num(Y) > 0)).sum(1)
     s_train = int(math.ceil(min(0.95, 1.5 * cfg.train_mask_ratio) * (nz.max(initial=0)))) + 1
     s_infer = int((~observed).sum(1).max(initial=0)) + 1
+    if cap == 0:  # no cap: training as configured; imputation batches still sized to UNCAPPED_INFER_BYTES
+        return cfg.batch_size, rows_within(UNCAPPED_INFER_BYTES, row_bytes(cfg, D, s_infer, False), default_infer)
     budget = cap - resident_bytes()
     if budget <= 0:
         raise DepmicroError(f"max_memory {cfg.max_memory} is below what the process already holds "
