@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from depmicro.core.model.ar import gather_index, step_attention, train_steps
-from depmicro.core.model.dat import N_COND
+from depmicro.core.model.ar import gather_index, train_steps
 from depmicro.core.model.vae import corrupt
 
 if TYPE_CHECKING:
@@ -50,10 +49,9 @@ def epsilon_loss(imp: DepMicroDiff, y: torch.Tensor, obs: torch.Tensor, meta: to
     noise = torch.randn_like(x0)
     z_noisy = imp.diffusion.q_sample(x0, t, noise)
     z_clean = z_c * cond.float()[..., None] + z0 * target.float()[..., None]  # earlier steps' targets seen clean
-    allow = step_attention(step, N_COND, imp.dep_tensor(), cfg.dep_mask_mode, idx, valid)
-    n_ctx = N_COND + imp.D
-    val, cache = imp.dat.encode_context(z_clean, y, cond, cond_tok, allow[:, :, :n_ctx, :n_ctx])
-    allow_noisy = allow[:, :, n_ctx:, :]
+    # the DAT's own masks (blocked context, noisy rows only): never the (L, L) reference of ar.step_attention
+    val, cache = imp.dat.encode_context(z_clean, y, cond, cond_tok, imp.dat.context_mask(step))
+    allow_noisy = imp.dat.noisy_mask(step, imp.dep_tensor(), cfg.dep_mask_mode, idx, valid)
     eps = imp.dat.denoise(val, cache, z_noisy, t, idx, allow_noisy, hint)
     per_tok = ((eps.float() - noise) ** 2).mean(-1)
     if cfg.min_snr > 0:  # Min-SNR-g / truncated-SNR weighting of the eps loss

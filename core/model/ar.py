@@ -6,6 +6,8 @@ The model itself works on a fixed layout in microbe index order, with one AR ste
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -161,6 +163,69 @@ def context_attention(step: torch.Tensor, c: int, block: int) -> torch.Tensor:
     inner = (st[:, None, :] <= st[:, :, None]) & real[:, None, :]
     cond = torch.ones(B * nb, b, c, dtype=torch.bool, device=step.device)
     return torch.cat([cond, inner], dim=2)[:, None]
+
+
+@dataclass(frozen=True)
+class NoisyBlocks:
+    """The noisy tokens' attention in blocks of `b` microbes: each (row, block) holds up to `s_max`
+    noisy-token slots that attend [the c condition tokens][the block's b clean tokens][the block's slots].
+
+    `slot` (n,) is the flat slot (row * n_blocks + block) * s_max + position of each valid noisy token,
+    in the row-major order of `noisy_valid`; `mask` (B * n_blocks, 1, s_max, c + b + s_max) is boolean
+    (True = may attend). Invalid (padding) tokens get no slot: they attend the condition tokens only.
+    """
+
+    mask: torch.Tensor
+    slot: torch.Tensor
+    valid: torch.Tensor
+    b: int
+    n_blocks: int
+    s_max: int
+    n_taxa: int
+
+
+def noisy_blocks(step: torch.Tensor, c: int, dep: torch.Tensor | None, mode: str, noisy_idx: torch.Tensor,
+                 noisy_valid: torch.Tensor | None, block: int) -> NoisyBlocks:
+    """`noisy_attention` restricted to pairs inside one block of `block` microbes, laid out per block.
+
+    Why: a noisy token otherwise attends all D clean tokens, and a training row holds noisy tokens
+    for a fixed share of its microbes, so that pass grows as D^2; per block it grows as D * b, like the
+    clean tokens' (`context_attention`). Blocks only close pairs of Algorithm 2, so causality and
+    no-leakage hold; with one block the model uses `noisy_attention` itself.
+    """
+    B, D = step.shape
+    dev = step.device
+    if noisy_valid is None:
+        noisy_valid = torch.ones_like(noisy_idx, dtype=torch.bool)
+    b = block_size(D, block)
+    nb = -(-D // b)
+    bid = torch.where(noisy_valid, noisy_idx // b, 0)
+    onehot = torch.nn.functional.one_hot(bid, nb) * noisy_valid[..., None]  # (B, S, nb)
+    pos = (onehot.cumsum(1) * onehot).sum(-1) - 1  # position of each valid token inside its (row, block)
+    s_max = max(1, int(onehot.sum(1).max()))
+    rows = torch.arange(B, device=dev)[:, None].expand_as(bid)
+    slot = ((rows * nb + bid) * s_max + pos)[noisy_valid]
+    ns = torch.gather(step, 1, noisy_idx)
+    slot_step = torch.full((B * nb * s_max,), -1, dtype=step.dtype, device=dev)
+    slot_step[slot] = ns[noisy_valid]
+    slot_idx = torch.zeros(B * nb * s_max, dtype=noisy_idx.dtype, device=dev)
+    slot_idx[slot] = noisy_idx[noisy_valid]
+    slot_step, slot_idx = slot_step.view(B * nb, s_max), slot_idx.view(B * nb, s_max)
+    live = slot_step > 0
+    st = torch.nn.functional.pad(step, (0, nb * b - D), value=-1).view(B * nb, b)  # -1: padding, closed below
+    clean = (st[:, None, :] < slot_step[:, :, None]) & (st >= 0)[:, None, :] & live[:, :, None]
+    same = (slot_step[:, None, :] == slot_step[:, :, None]) & live[:, :, None] & live[:, None, :]
+    if dep is not None and mode != "off":
+        d = dep.to(dev, torch.bool)[slot_idx[:, :, None], slot_idx[:, None, :]]
+        if mode == "paper":
+            same = same & ~d
+        elif mode == "restrict":
+            same = same & (d | (slot_idx[:, :, None] == slot_idx[:, None, :]))
+        else:
+            raise DepmicroError(f"dep_mask_mode must be one of {', '.join(DEP_MODES)}, not {mode!r}")
+    cond = torch.ones(B * nb, s_max, c, dtype=torch.bool, device=dev)
+    mask = torch.cat([cond, clean, same], dim=2)[:, None]
+    return NoisyBlocks(mask=mask, slot=slot, valid=noisy_valid, b=b, n_blocks=nb, s_max=s_max, n_taxa=D)
 
 
 def gather_index(select: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

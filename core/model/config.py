@@ -27,6 +27,8 @@ class ModelConfig:
     vae_pretrain: bool = True      # pretrain on the other sets (leave-target-out) before fine-tuning
     vae_epochs: int = 300          # epochs per VAE phase (pretraining, then fine-tuning on the target)
     vae_lr: float = 2e-3
+    vae_token_sample: int = 256    # microbes per VAE step whose tokens enter the loss (one random subset per batch, loss
+                                   # rescaled to all D); 0 or >= D: all of them, exactly as before (no random draw)
     freeze_vae: bool = True        # keep the VAE fixed while the DAT learns (latent diffusion practice)
     residual_diffusion: bool = True  # diffuse clean latent minus the encoder's m-latent (CARD-style prior mean)
     eps_head: str = "x0"           # x0: the DAT's last layer outputs x0 and eps is derived from it; direct: outputs eps
@@ -114,7 +116,8 @@ _CHOICES = {
 _POSITIVE = ("latent_dim", "vae_hidden", "hidden_dim", "n_layers", "n_heads", "timesteps", "sampling_fraction",
              "infer_ar_steps", "n_impute_samples", "epochs", "batch_size", "val_every", "mlp_ratio", "lr", "vae_lr")
 _NONNEG = ("attn_block", "snr_floor", "min_snr", "vae_beta", "vae_epochs", "dropout", "f_threshold", "mi_threshold", "weight_decay", "grad_clip", "seed",
-           "patience", "sampler_eta", "train_steps", "warmup_steps", "x0_loss")
+           "patience", "sampler_eta", "train_steps", "warmup_steps", "x0_loss",
+           "vae_token_sample")
 
 
 def _check(cfg: ModelConfig) -> ModelConfig:

@@ -9,18 +9,20 @@ Attention is scaled_dot_product_attention under Algorithm 2 (`ar.step_attention`
 whole: condition tokens attend each other; clean tokens attend the condition tokens and the clean
 tokens of their own block of `attn_block` microbes (`ar.context_attention`: cost D * block rather
 than D^2 per layer, the same as Algorithm 2 when one block holds every microbe); noisy tokens attend
-everything Algorithm 2 lets them (`ar.noisy_attention`, S rows only). Masks are (B, 1, ., .) and
-broadcast over heads.
+what Algorithm 2 lets them inside their own block (`ar.noisy_blocks`: the condition tokens, the block's
+clean tokens and its noisy tokens), or, with one block, the noisy rows of Algorithm 2 themselves
+(`ar.noisy_attention`). Masks are (B, 1, ., .) and broadcast over heads.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
-from depmicro.core.model.ar import context_attention, noisy_attention
+from depmicro.core.model.ar import NoisyBlocks, block_size, context_attention, noisy_attention, noisy_blocks
 
 N_COND = 2
 
@@ -68,16 +70,7 @@ class Block(nn.Module):
         b = allow.shape[-2]
         nb = allow.shape[0] // B
         a_cond = self._attend(q[:, :, :c], k[:, :, :c], v[:, :, :c], None)  # condition tokens see only each other
-
-        def blocks(t: torch.Tensor) -> torch.Tensor:  # (B, h, D, d) -> (B * nb, h, b, d)
-            t = F.pad(t[:, :, c:], (0, 0, 0, nb * b - D))
-            return t.view(B, h, nb, b, d).transpose(1, 2).reshape(B * nb, h, b, d)
-
-        def with_cond(t: torch.Tensor) -> torch.Tensor:
-            tc = t[:, :, :c].unsqueeze(1).expand(B, nb, h, c, d).reshape(B * nb, h, c, d)
-            return torch.cat([tc, blocks(t)], dim=2)
-
-        a = self._attend(blocks(q), with_cond(k), with_cond(v), allow)
+        a = self._attend(_blocks(q[:, :, c:], nb, b), _with_cond(k, nb, b), _with_cond(v, nb, b), allow)
         a = a.view(B, nb, h, b, d).transpose(1, 2).reshape(B, h, nb * b, d)[:, :, :D]
         return self._finish(x, torch.cat([a_cond, a], dim=2)), k, v
 
@@ -85,11 +78,50 @@ class Block(nn.Module):
         """`k_ctx`/`v_ctx` are the cached context, or (`sampling_cache`) buffers that also hold room for
         the noisy tokens, written in place: a sampler's many denoising calls then never copy the context."""
         q, k, v = self._qkv(x)
+        if isinstance(allow, NoisyBlocks):
+            return self._finish(x, self._noisy_blocks(q, k, v, k_ctx, v_ctx, allow))
         if k_ctx.shape[2] == allow.shape[-1]:
             n = k_ctx.shape[2] - k.shape[2]
             k_ctx[:, :, n:], v_ctx[:, :, n:] = k, v
             return self._finish(x, self._attend(q, k_ctx, v_ctx, allow))
         return self._finish(x, self._attend(q, torch.cat([k_ctx, k], 2), torch.cat([v_ctx, v], 2), allow))
+
+
+    def _noisy_blocks(self, q, k, v, k_ctx, v_ctx, nbm: NoisyBlocks) -> torch.Tensor:
+        """Noisy tokens in per-block slots (`ar.noisy_blocks`): each attends the condition tokens, its
+        block's clean tokens and the noisy tokens of its block; padding tokens the condition tokens only."""
+        B, h, S, d = q.shape
+        c, nb, b, sm = N_COND, nbm.n_blocks, nbm.b, nbm.s_max
+        flat = nbm.valid.reshape(-1)
+
+        def to_slots(t: torch.Tensor) -> torch.Tensor:  # (B, h, S, d) -> (B * nb, h, s_max, d)
+            vals = t.transpose(1, 2).reshape(B * S, h, d)[flat]
+            out = t.new_zeros(B * nb * sm, h, d).index_copy(0, nbm.slot, vals)
+            return out.view(B * nb, sm, h, d).transpose(1, 2)
+
+        n_ctx = c + nbm.n_taxa
+        kc, vc = k_ctx[:, :, :n_ctx], v_ctx[:, :, :n_ctx]
+        kk = torch.cat([_with_cond(kc, nb, b), to_slots(k)], dim=2)
+        vv = torch.cat([_with_cond(vc, nb, b), to_slots(v)], dim=2)
+        a = self._attend(to_slots(q), kk, vv, nbm.mask)  # (B * nb, h, s_max, d)
+        a = a.transpose(1, 2).reshape(B * nb * sm, h, d)[nbm.slot]
+        only_cond = self._attend(q, kc[:, :, :c], vc[:, :, :c], None).transpose(1, 2).reshape(B * S, h, d)
+        out = only_cond.index_copy(0, torch.nonzero(flat).squeeze(1), a)
+        return out.view(B, S, h, d).transpose(1, 2)
+
+def _blocks(t: torch.Tensor, nb: int, b: int) -> torch.Tensor:
+    """(B, h, D, d) -> (B * nb, h, b, d): consecutive microbes in blocks of b, the last one zero-padded."""
+    B, h, D, d = t.shape
+    t = F.pad(t, (0, 0, 0, nb * b - D))
+    return t.view(B, h, nb, b, d).transpose(1, 2).reshape(B * nb, h, b, d)
+
+
+def _with_cond(t: torch.Tensor, nb: int, b: int) -> torch.Tensor:
+    """Context keys/values (B, h, N_COND + D, d) -> per block [condition tokens][the block's microbes]."""
+    B, h, _, d = t.shape
+    c = N_COND
+    tc = t[:, :, :c].unsqueeze(1).expand(B, nb, h, c, d).reshape(B * nb, h, c, d)
+    return torch.cat([tc, _blocks(t[:, :, c:], nb, b)], dim=2)
 
 
 def additive(allow: torch.Tensor) -> torch.Tensor:
@@ -205,8 +237,13 @@ class DAT(nn.Module):
         return additive(allow)
 
     def noisy_mask(self, step: torch.Tensor, dep: torch.Tensor | None, mode: str, noisy_idx: torch.Tensor,
-                   noisy_valid: torch.Tensor) -> torch.Tensor:
-        return additive(noisy_attention(step, N_COND, dep, mode, noisy_idx, noisy_valid))
+                   noisy_valid: torch.Tensor) -> torch.Tensor | NoisyBlocks:
+        """Additive mask for `Block.noisy`: the noisy rows of Algorithm 2 (B, 1, S, L) when one block holds
+        every microbe (the same floats as before blocks existed), else per block (`ar.noisy_blocks`)."""
+        if block_size(self.D, self.attn_block) >= self.D:
+            return additive(noisy_attention(step, N_COND, dep, mode, noisy_idx, noisy_valid))
+        blocks = noisy_blocks(step, N_COND, dep, mode, noisy_idx, noisy_valid, self.attn_block)
+        return replace(blocks, mask=additive(blocks.mask))
 
 
 def sampling_cache(cache: list, n_noisy: int) -> list:

@@ -4,11 +4,12 @@ Why: on a wide table (1,700 taxa) a training batch of 64 rows holds activations 
 tokens per layer, and a user's first run should not swap the machine. The trainer splits each
 optimizer batch into micro-batches of `train_rows` rows and accumulates gradients (the optimizer
 still sees `batch_size` rows per step); imputation and validation stream over `infer_rows` rows at a
-time. Without a cap nothing changes: one micro-batch per batch and the model's default inference
-batch. The size parser ("4GB") is model/memory_size.py, which the config uses without torch.
+time. Without a cap training keeps one micro-batch per batch, and imputation batches are sized to
+UNCAPPED_INFER_BYTES (the default batch on narrow tables). The size parser ("4GB") is
+model/memory_size.py, which the config uses without torch.
 
 The per-row figures are estimates from the shapes a pass allocates (tokens x width x the tensors
-autograd keeps per layer, attention masks and scores over the clean-token blocks and the noisy rows),
+autograd keeps per layer, attention masks and scores over the clean-token and noisy-token blocks),
 with a safety factor; tests/bench/scale.py measures peak memory against the cap.
 """
 from __future__ import annotations
@@ -25,6 +26,10 @@ from depmicro.core.model.ar import block_size
 from depmicro.core.model.memory_size import parse_memory
 
 SAFETY = 1.5  # the estimate misses allocator slack and temporaries; measured peaks stay below it (bench)
+# Without a cap, imputation/validation batches are still sized to this estimate: narrow tables keep the
+# default batch (106 taxa: 256 rows fit), a 1,700-taxon table takes about 20 rows instead of 256 (whose
+# batch pushed a whole uncapped fit to 4.9 GB resident, bench --fit).
+UNCAPPED_INFER_BYTES = 2**30
 
 
 def resident_bytes() -> int:
@@ -48,7 +53,13 @@ def row_bytes(cfg, n_taxa: int, n_noisy: int, train: bool) -> int:
     widths = 14 + 2 * cfg.mlp_ratio
     act = (ctx_tokens + S) * H * widths * layers
     # attention: the shared additive masks, and per head the scores and their softmax (kept for backward)
-    masks = n_blocks * b * (b + 2) + S * (ctx_tokens + S)
+    if n_blocks == 1:  # noisy rows of Algorithm 2 over the whole context
+        noisy = S * (ctx_tokens + S)
+    else:  # per block, s_max noisy slots over [condition][b clean][the block's slots] (ar.noisy_blocks); s_max is
+        # the fullest block's count: taken as twice the even share (targets spread over a row's microbes)
+        s_blk = min(S, b, 2 * -(-S // n_blocks))
+        noisy = n_blocks * s_blk * (2 + b + s_blk)
+    masks = n_blocks * b * (b + 2) + noisy
     scores = cfg.n_heads * masks * (2 * layers if train else 2)
     # VAE encodings (frozen, no grad), latents, noise, per-token inputs
     side = D * (32 * 3 + 8 * cfg.latent_dim) + D * H * 2
@@ -69,12 +80,12 @@ def plan_rows(cfg, Y: np.ndarray, observed: np.ndarray, default_infer: int) -> t
     train_mask_ratio of a row's observed nonzero entries, inference targets its missing entries.
     """
     cap = parse_memory(cfg.max_memory)
-    if cap == 0:
-        return cfg.batch_size, default_infer
     D = Y.shape[1]
     nz = (observed & (np.nan_to_num(Y) > 0)).sum(1)
     s_train = int(math.ceil(min(0.95, 1.5 * cfg.train_mask_ratio) * (nz.max(initial=0)))) + 1
     s_infer = int((~observed).sum(1).max(initial=0)) + 1
+    if cap == 0:  # no cap: training as configured; imputation batches still sized to UNCAPPED_INFER_BYTES
+        return cfg.batch_size, rows_within(UNCAPPED_INFER_BYTES, row_bytes(cfg, D, s_infer, False), default_infer)
     budget = cap - resident_bytes()
     if budget <= 0:
         raise DepmicroError(f"max_memory {cfg.max_memory} is below what the process already holds "

@@ -27,35 +27,48 @@ class TokenVAE(nn.Module):
         self.dec_embed = nn.Parameter(torch.randn(n_taxa, token_hidden) * 0.02)
         self.dec = nn.Sequential(nn.Linear(latent_dim, token_hidden), nn.SiLU(), nn.Linear(token_hidden, token_hidden), nn.SiLU(), nn.Linear(token_hidden, 1))
 
-    def encode(self, x: torch.Tensor, m: torch.Tensor, ctx_m: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, D) values (read only where m) and flags -> mean, log-variance (B, D, k).
+    def encode(self, x: torch.Tensor, m: torch.Tensor, ctx_m: torch.Tensor | None = None,
+               cols: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, D) values (read only where m) and flags -> mean, log-variance (B, D, k), or (B, len(cols), k).
 
         `ctx_m` computes the shared context from a smaller mask than the tokens' own: the clean
         latent of a training target is its visible value in the context its conditioning profile
         gives, so it differs from that profile's m-latent only through the value itself.
+        `cols` computes the tokens of those microbes only; the context still reads the whole profile.
         """
         m = m.float()
         xm = x * m
         cm = m if ctx_m is None else ctx_m.float()
         ctx = self.context(torch.cat([x * cm, cm], dim=-1))  # (B, H)
-        h = self.enc_local(torch.stack([xm, m], dim=-1)) + self.enc_embed + ctx[:, None, :]
+        embed = self.enc_embed
+        if cols is not None:
+            xm, m, embed = xm[:, cols], m[:, cols], embed[cols]
+        h = self.enc_local(torch.stack([xm, m], dim=-1)) + embed + ctx[:, None, :]
         mu, logvar = self.enc_out(h).chunk(2, dim=-1)
         return mu, logvar.clamp(-10, 10)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, D, k) -> (B, D) values; each token decoded on its own."""
-        h = self.dec[0](z) + self.dec_embed
+    def decode(self, z: torch.Tensor, cols: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, D, k) -> (B, D) values; each token decoded on its own (`cols`: z holds those microbes' tokens)."""
+        h = self.dec[0](z) + (self.dec_embed if cols is None else self.dec_embed[cols])
         for layer in list(self.dec)[1:]:
             h = layer(h)
         return h.squeeze(-1)
 
-    def loss(self, x: torch.Tensor, m_in: torch.Tensor, m_loss: torch.Tensor, beta: float) -> torch.Tensor:
-        """Eq. 6-8 per sample: squared error on the observed entries + beta * KL, averaged over the batch."""
-        mu, logvar = self.encode(x, m_in)
+    def loss(self, x: torch.Tensor, m_in: torch.Tensor, m_loss: torch.Tensor, beta: float,
+             cols: torch.Tensor | None = None) -> torch.Tensor:
+        """Eq. 6-8 per sample: squared error on the observed entries + beta * KL, averaged over the batch.
+
+        With `cols`, only those microbes' tokens are encoded and decoded, and their sums are scaled by
+        D / len(cols): an unbiased estimate of the full loss whose per-token cost does not grow with D
+        (on a 1,700-taxon table the per-token MLPs are nearly all of the VAE's step)."""
+        mu, logvar = self.encode(x, m_in, cols=cols)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)  # Eq. 5
-        recon = ((self.decode(z) - x) ** 2 * m_loss.float()).sum(-1)
+        xs, ms, scale = x, m_loss, 1.0
+        if cols is not None:
+            xs, ms, scale = x[:, cols], m_loss[:, cols], self.D / len(cols)
+        recon = ((self.decode(z, cols) - xs) ** 2 * ms.float()).sum(-1)
         kl = -0.5 * (1 + logvar - mu**2 - logvar.exp()).sum((-1, -2))
-        return (recon + beta * kl).mean()
+        return scale * (recon + beta * kl).mean()
 
 
 def corrupt(m: np.ndarray, Y: np.ndarray, ratio: float, rng: np.random.Generator) -> np.ndarray:
@@ -68,9 +81,12 @@ def corrupt(m: np.ndarray, Y: np.ndarray, ratio: float, rng: np.random.Generator
 
 
 def train_vae(vae: TokenVAE, sets: Sequence[tuple[np.ndarray, np.ndarray]], *, epochs: int, lr: float, beta: float,
-              batch_size: int, mask_ratio: float, rng: np.random.Generator, device: torch.device) -> list[float]:
+              batch_size: int, mask_ratio: float, rng: np.random.Generator, device: torch.device,
+              token_sample: int = 0) -> list[float]:
     """Fit the VAE on (Y, observed) pairs; the encoder input is randomly corrupted so it learns to
-    encode profiles with entries missing, and the loss covers every observed entry."""
+    encode profiles with entries missing, and the loss covers every observed entry (in expectation,
+    when `token_sample` < D draws one subset of microbes per batch; at or above D, or 0, nothing is
+    drawn, so narrow tables train exactly as without it)."""
     if epochs <= 0 or not sets:
         return []
     Y = np.concatenate([s[0] for s in sets]).astype(np.float32)
@@ -87,7 +103,10 @@ def train_vae(vae: TokenVAE, sets: Sequence[tuple[np.ndarray, np.ndarray]], *, e
             y, m = Y[idx], M[idx]
             m_in = m & ~corrupt(m, y, mask_ratio, rng)
             yt, mt, mi = (torch.from_numpy(a).to(device) for a in (y, m, m_in))
-            loss = vae.loss(yt, mi, mt, beta)
+            cols = None
+            if 0 < token_sample < vae.D:
+                cols = torch.from_numpy(np.sort(rng.choice(vae.D, token_sample, replace=False))).to(device)
+            loss = vae.loss(yt, mi, mt, beta, cols)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(vae.parameters(), 1.0)

@@ -9,6 +9,7 @@ the tiny config's phases (VAE epochs, DAT epochs, one validation imputation per 
 imputation) from the measured rates.
 
     python tests/bench/scale.py [--sizes 106 400 1000 1700] [--code DIR --label before] [--set max_memory=4GB] [--impute-rows 256]
+    python tests/bench/scale.py --fit --sizes 1700 [--threads 2] [--set max_memory=4GB]   # the whole tiny fit, measured
 """
 from __future__ import annotations
 
@@ -55,6 +56,8 @@ def child(a: argparse.Namespace) -> dict:
     pretrain_vae(imp, view, split.observed, [])
     out["vae_s_per_epoch"] = round((time.perf_counter() - t) / max(a.vae_epochs, 1), 3)
     rows = a.steps * cfg.batch_size  # one epoch over these rows = exactly `steps` optimizer steps
+    Trainer(imp, view[-cfg.batch_size:], split.observed[-cfg.batch_size:], None).epoch()  # warm-up step, not timed:
+    # the first step pays one-off allocations, which would otherwise count against narrow tables' short steps
     trainer = Trainer(imp, view[:rows], split.observed[:rows], None)
     out["micro_batch"] = getattr(trainer, "micro", cfg.batch_size)
     t = time.perf_counter()
@@ -75,6 +78,31 @@ def child(a: argparse.Namespace) -> dict:
     out["fit_estimate_s"] = round(tiny.vae_epochs * out["vae_s_per_epoch"] + tiny.epochs * steps_per_epoch * step_s
                                   + (tiny.epochs + 1) * out["impute_s"], 1)
     return out
+
+
+def fit_child(a: argparse.Namespace) -> dict:
+    """The whole `tiny` fit (dependency statistics, VAE phase, DAT epochs with validation, test
+    imputation) of the table, as `depmicro train` runs it: wall seconds, peak RSS, test quality."""
+    import resource
+
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(a.threads)
+    from depmicro.core.data import Dataset
+    from depmicro.core.data.evaluation import make_split
+    from depmicro.core.model.config import load_config
+    from depmicro.core.train import fit
+
+    counts = np.load(a.table)
+    D = counts.shape[1]
+    ds = Dataset(counts=counts, obs_names=[f"s{i}" for i in range(len(counts))], var_names=[f"t{j}" for j in range(D)], name="kraken_like")
+    cfg = load_config(REPO / "studies" / "configs" / "tiny.yaml", ["use_metadata=false", *a.set])
+    t = time.perf_counter()
+    res = fit(cfg, ds, make_split(ds.normalized, seed=0))
+    return {"D": D, "n_samples": len(counts), "code": a.label, "fit": "tiny", "torch_threads": a.threads,
+            "fit_s": round(time.perf_counter() - t, 1), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+            "test_pcc_per_microbe": round(float(res.test["pcc_per_microbe"]), 4), "epochs": res.epochs}
 
 
 def shim_for(code: Path, where: Path) -> Path:
@@ -99,12 +127,14 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per size")
     ap.add_argument("--impute-rows", type=int, default=0, help="impute only this many rows and scale the seconds to all (0: all)")
+    ap.add_argument("--fit", action="store_true", help="run the whole tiny fit per size instead (wall seconds, peak RSS, test quality)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for --fit")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--table", help=argparse.SUPPRESS)
     ap.add_argument("--shim", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        print(json.dumps(child(a)), flush=True)
+        print(json.dumps(fit_child(a) if a.fit else child(a)), flush=True)
         return
     import numpy as np
 
@@ -117,11 +147,11 @@ def main() -> None:
             table = Path(tmp) / f"kraken_{D}.npy"
             np.save(table, kraken_like(n_samples=a.samples, n_taxa=D, seed=0, metadata=False)[0].counts)
             cmd = [sys.executable, __file__, "--child", "--table", str(table), "--steps", str(a.steps), "--impute-rows", str(a.impute_rows),
-                   "--vae-epochs", str(a.vae_epochs), "--label", a.label]
+                   "--vae-epochs", str(a.vae_epochs), "--label", a.label, "--threads", str(a.threads)] + (["--fit"] if a.fit else [])
             cmd += [x for s in a.set for x in ("--set", s)]
             if a.code:
                 cmd += ["--code", a.code, "--shim", str(shim)]
-            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
             t0 = time.perf_counter()
             try:
                 res = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout, env=env)

@@ -9,7 +9,7 @@ from depmicro.core.data.evaluation import make_split, training_view
 from depmicro.core.data.synthetic import kraken_like
 from depmicro.core.errors import DepmicroError
 from depmicro.core.model.config import config_from_dict
-from depmicro.core.model.memory import parse_memory, plan_rows, resident_bytes, row_bytes
+from depmicro.core.model.memory import UNCAPPED_INFER_BYTES, parse_memory, plan_rows, resident_bytes, row_bytes, rows_within
 
 SMALL = dict(latent_dim=2, vae_hidden=16, hidden_dim=16, n_layers=1, n_heads=2, vae_epochs=1, epochs=1, batch_size=32,
              timesteps=100, sampling_fraction=50, dep_mask_mode="off", use_metadata=False, attn_block=128)
@@ -57,7 +57,11 @@ def test_a_wide_table_trains_and_imputes_under_a_small_cap(one_thread):
     torch.manual_seed(0)
     imp = build_imputer(config_from_dict(SMALL), view, s.observed, ds.var_names, None)
     pretrain_vae(imp, view, s.observed, [])
-    assert plan_rows(imp.cfg, view, s.observed, INFER_BATCH) == (imp.cfg.batch_size, INFER_BATCH)  # no cap
+    # no cap: training as configured, imputation batches sized to UNCAPPED_INFER_BYTES by the same estimate
+    uncapped = rows_within(UNCAPPED_INFER_BYTES, row_bytes(imp.cfg, 1000, int((~s.observed).sum(1).max()) + 1, False), INFER_BATCH)
+    assert plan_rows(imp.cfg, view, s.observed, INFER_BATCH) == (imp.cfg.batch_size, uncapped)
+    narrow = config_from_dict({**SMALL, "hidden_dim": 64, "attn_block": 256})  # a TCMA-width table keeps the default batch
+    assert plan_rows(narrow, view[:, :106], s.observed[:, :106], INFER_BATCH) == (narrow.batch_size, INFER_BATCH)
     imp.cfg = config_from_dict({**SMALL, "max_memory": str(resident_bytes() + 48 * 2**20)})  # 48 MB of room
     trainer = Trainer(imp, view, s.observed, None)
     assert 1 <= trainer.micro < imp.cfg.batch_size and 1 <= imp.infer_rows < INFER_BATCH

@@ -85,7 +85,7 @@ def test_key_follows_the_vae_inputs_only(sets):
                      lr=3e-3, hidden_dim=32, epochs=9).items():
         assert vae_cache_key(cfg_of(**{k: v}), view, obs, pre) == base, k
     for k, v in dict(latent_dim=3, vae_hidden=8, vae_beta=0.01, vae_epochs=4, vae_lr=1e-3, batch_size=16,
-                     train_mask_ratio=0.3, seed=1).items():
+                     train_mask_ratio=0.3, seed=1, vae_token_sample=64).items():
         assert vae_cache_key(cfg_of(**{k: v}), view, obs, pre) != base, k
     other_split = make_split(Y, seed=1)  # another held-out mask
     assert vae_cache_key(cfg_of(), training_view(Y, other_split), other_split.observed, pre) != base
