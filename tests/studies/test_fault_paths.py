@@ -189,7 +189,7 @@ def test_analyze_while_a_study_writes_the_same_sqlite_store(tmp_path):
     uri = log_study(root)["tracking_uri"]
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(f"depmicro-{STUDY}")
-    spec = small_study(tmp_path, "busy", epochs=6, num_samples=2, scheduler="none", baselines=["mean"],
+    spec = small_study(tmp_path, "busy", epochs=12, num_samples=2, scheduler="none", baselines=["mean"],
                        max_concurrent_trials=2)
     drv = Driver(["study", "run", spec, "--tracking-uri", uri, "--storage", tmp_path / "res"], cwd=tmp_path)
     try:
