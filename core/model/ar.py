@@ -125,18 +125,22 @@ def noisy_attention(step: torch.Tensor, c: int, dep: torch.Tensor | None, mode: 
     ns = torch.gather(step, 1, noisy_idx)  # (B, S) step of each noisy token
     live = noisy_valid & (ns > 0)
     allow[:, :, c : c + D] = (step[:, None, :] < ns[:, :, None]) & live[:, :, None]
-    same = (ns[:, None, :] == ns[:, :, None]) & live[:, :, None] & live[:, None, :]
-    if dep is not None and mode != "off":
-        dep = dep.to(dev, torch.bool)
-        d = dep[noisy_idx[:, :, None], noisy_idx[:, None, :]]  # (B, S, S)
-        if mode == "paper":
-            same = same & ~d
-        elif mode == "restrict":
-            same = same & (d | (noisy_idx[:, :, None] == noisy_idx[:, None, :]))
-        else:
-            raise DepmicroError(f"dep_mask_mode must be one of {', '.join(DEP_MODES)}, not {mode!r}")
-    allow[:, :, c + D :] = same
+    allow[:, :, c + D :] = same_step_pairs(ns, live, noisy_idx, dep, mode)
     return allow[:, None]
+
+
+def same_step_pairs(ns: torch.Tensor, live: torch.Tensor, idx: torch.Tensor, dep: torch.Tensor | None, mode: str) -> torch.Tensor:
+    """Algorithm 2's sample-to-sample block (sTs) for noisy tokens with steps `ns`, liveness `live` and
+    microbes `idx`, all (N, S): which of them (N, S, S) may attend each other, shaped by Dep and `mode`."""
+    same = (ns[:, None, :] == ns[:, :, None]) & live[:, :, None] & live[:, None, :]
+    if dep is None or mode == "off":
+        return same
+    d = dep.to(ns.device, torch.bool)[idx[:, :, None], idx[:, None, :]]
+    if mode == "paper":
+        return same & ~d
+    if mode == "restrict":
+        return same & (d | (idx[:, :, None] == idx[:, None, :]))
+    raise DepmicroError(f"dep_mask_mode must be one of {', '.join(DEP_MODES)}, not {mode!r}")
 
 
 def block_size(D: int, block: int) -> int:
@@ -214,15 +218,7 @@ def noisy_blocks(step: torch.Tensor, c: int, dep: torch.Tensor | None, mode: str
     live = slot_step > 0
     st = torch.nn.functional.pad(step, (0, nb * b - D), value=-1).view(B * nb, b)  # -1: padding, closed below
     clean = (st[:, None, :] < slot_step[:, :, None]) & (st >= 0)[:, None, :] & live[:, :, None]
-    same = (slot_step[:, None, :] == slot_step[:, :, None]) & live[:, :, None] & live[:, None, :]
-    if dep is not None and mode != "off":
-        d = dep.to(dev, torch.bool)[slot_idx[:, :, None], slot_idx[:, None, :]]
-        if mode == "paper":
-            same = same & ~d
-        elif mode == "restrict":
-            same = same & (d | (slot_idx[:, :, None] == slot_idx[:, None, :]))
-        else:
-            raise DepmicroError(f"dep_mask_mode must be one of {', '.join(DEP_MODES)}, not {mode!r}")
+    same = same_step_pairs(slot_step, live, slot_idx, dep, mode)
     cond = torch.ones(B * nb, s_max, c, dtype=torch.bool, device=dev)
     mask = torch.cat([cond, clean, same], dim=2)[:, None]
     return NoisyBlocks(mask=mask, slot=slot, valid=noisy_valid, b=b, n_blocks=nb, s_max=s_max, n_taxa=D)
