@@ -31,7 +31,7 @@ def _loss(attn_block: int, x0_loss: float) -> float:
     y = torch.as_tensor(np.where(split.observed, Y, 0.0), dtype=torch.float32)
     m = torch.as_tensor(split.observed)
     torch.manual_seed(1)
-    return float(epsilon_loss(imp, y, m, None, torch.zeros(len(Y), dtype=torch.bool), np.random.default_rng(2)))
+    return float(epsilon_loss(imp, y, m, None, torch.zeros(len(Y), dtype=torch.bool), np.random.default_rng(2)).detach())
 
 
 def test_training_loss_uses_the_blocked_masks(monkeypatch):
