@@ -116,6 +116,19 @@ def study_args(directory: Path) -> tuple[str, Path]:
     return f"sqlite:///{directory / 'mlflow.db'}", directory / "depmicro_results"
 
 
+def run_study(spec: Path, directory: Path, timeout: float, uri: str | None = None, storage: Path | None = None) -> dict:
+    """`depmicro study run SPEC --json` to its end, in `directory` (its own MLflow store and storage unless
+    given); asserts exit 0 and returns the printed summary."""
+    own_uri, own_storage = study_args(directory)
+    drv = Driver(["study", "run", spec, "--tracking-uri", uri or own_uri, "--storage", storage or own_storage, "--json"],
+                 cwd=directory)
+    try:
+        assert drv.wait(timeout) == 0, drv.stderr()[-3000:]
+        return drv.json()
+    finally:
+        drv.kill_group()
+
+
 @pytest.fixture(scope="session")
 def quickstart_run(tmp_path_factory):
     """The quickstart study (3 trials x 3 epochs, 2 at a time, ASHA, mean+knn baselines), run once

@@ -77,17 +77,12 @@ def test_confirmation_runs_k_times_seeds_and_picks_by_bound(tmp_path):
 
     from depmicro.analysis.export import export
     from depmicro.analysis.report import analyze
-    from tests.conftest import Driver, study_args
+    from tests.conftest import run_study, study_args
 
     path = tmp_path / "conf.yaml"
     path.write_text(yaml.safe_dump(_raw()))
     uri, storage = study_args(tmp_path)
-    drv = Driver(["study", "run", path, "--tracking-uri", uri, "--storage", storage, "--json"], cwd=tmp_path)
-    try:
-        assert drv.wait(500) == 0, drv.stderr()[-3000:]
-    finally:
-        drv.kill_group()
-    summary = drv.json()
+    summary = run_study(path, tmp_path, 500)
     assert summary["state"] == "FINISHED" and summary["confirm"]["finished_trials"] == 4 == summary["confirm"]["expected_trials"]
 
     client = MlflowClient(uri)

@@ -97,19 +97,15 @@ def test_study_scores_six_settings_per_trial(tmp_path, capsys):
     from depmicro.analysis.export import export
     from depmicro.analysis.report import analyze
     from depmicro.core.cli import main
-    from tests.conftest import Driver, study_args
+    from tests.conftest import run_study, study_args
 
     path = tmp_path / "inf.yaml"
     raw = _raw(inference=INFERENCE)
     raw["base_config"]["estimate"] = "sample"  # the sampler knobs act on a draw; the mean estimate never samples
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     uri, storage = study_args(tmp_path)
-    drv = Driver(["study", "run", path, "--tracking-uri", uri, "--storage", storage, "--json"], cwd=tmp_path)
-    try:
-        assert drv.wait(400) == 0, drv.stderr()[-3000:]
-    finally:
-        drv.kill_group()
-    assert drv.json()["trials"] == 2 and drv.json()["state"] == "FINISHED"
+    summary = run_study(path, tmp_path, 400)
+    assert summary["trials"] == 2 and summary["state"] == "FINISHED"
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("depmicro-inf")

@@ -87,16 +87,12 @@ def test_warm_start_needs_optuna():
 def test_first_trials_are_the_earlier_best(logged_study, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from tests.conftest import Driver
+    from tests.conftest import run_study
 
     path = tmp_path / "warm.yaml"
     path.write_text(yaml.safe_dump(_raw(top_k=2)))
     uri = logged_study["tracking_uri"]
-    drv = Driver(["study", "run", path, "--tracking-uri", uri, "--storage", tmp_path / "st", "--json"], cwd=tmp_path)
-    try:
-        assert drv.wait(400) == 0, drv.stderr()[-3000:]
-    finally:
-        drv.kill_group()
+    run_study(path, tmp_path, 400, uri=uri, storage=tmp_path / "st")
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("depmicro-warm")
     trials = sorted((r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("depmicro.kind") == "trial"),
