@@ -25,6 +25,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
+def table_dataset(path: str):
+    """The saved kraken_like count table as a Dataset (synthetic sample and taxon names)."""
+    import numpy as np
+
+    from depmicro.core.data import Dataset
+
+    counts = np.load(path)
+    return Dataset(counts=counts, obs_names=[f"s{i}" for i in range(len(counts))],
+                   var_names=[f"t{j}" for j in range(counts.shape[1])], name="kraken_like")
+
+
 def child(a: argparse.Namespace) -> dict:
     if a.code:  # the other checkout's depmicro ahead of this one's editable install
         shim = Path(a.shim)
@@ -35,16 +46,14 @@ def child(a: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from depmicro.core.data import Dataset
     from depmicro.core.data.evaluation import make_split, training_view
     from depmicro.core.model.config import load_config
     from depmicro.core.train.fitting import build_imputer
     from depmicro.core.train.trainer import Trainer
     from depmicro.core.train.vae_phase import pretrain_vae
 
-    counts = np.load(a.table)
-    D = counts.shape[1]
-    ds = Dataset(counts=counts, obs_names=[f"s{i}" for i in range(len(counts))], var_names=[f"t{j}" for j in range(D)], name="kraken_like")
+    ds = table_dataset(a.table)
+    counts, D = ds.counts, ds.counts.shape[1]
     Y = ds.normalized
     split = make_split(Y, seed=0)
     view = training_view(Y, split)
@@ -89,14 +98,12 @@ def fit_child(a: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(a.threads)
-    from depmicro.core.data import Dataset
     from depmicro.core.data.evaluation import make_split
     from depmicro.core.model.config import load_config
     from depmicro.core.train import fit
 
-    counts = np.load(a.table)
-    D = counts.shape[1]
-    ds = Dataset(counts=counts, obs_names=[f"s{i}" for i in range(len(counts))], var_names=[f"t{j}" for j in range(D)], name="kraken_like")
+    ds = table_dataset(a.table)
+    counts, D = ds.counts, ds.counts.shape[1]
     cfg = load_config(REPO / "studies" / "configs" / "tiny.yaml", ["use_metadata=false", *a.set])
     t = time.perf_counter()
     res = fit(cfg, ds, make_split(ds.normalized, seed=0))
