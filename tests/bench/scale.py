@@ -42,7 +42,6 @@ def child(a: argparse.Namespace) -> dict:
         sys.path.insert(0, str(shim))
     import resource
 
-    import numpy as np
     import torch
 
     torch.set_num_threads(1)
@@ -53,7 +52,7 @@ def child(a: argparse.Namespace) -> dict:
     from depmicro.core.train.vae_phase import pretrain_vae
 
     ds = table_dataset(a.table)
-    counts, D = ds.counts, ds.counts.shape[1]
+    D = ds.counts.shape[1]
     Y = ds.normalized
     split = make_split(Y, seed=0)
     view = training_view(Y, split)
@@ -94,7 +93,6 @@ def fit_child(a: argparse.Namespace) -> dict:
     imputation) of the table, as `depmicro train` runs it: wall seconds, peak RSS, test quality."""
     import resource
 
-    import numpy as np
     import torch
 
     torch.set_num_threads(a.threads)
