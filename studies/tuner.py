@@ -50,12 +50,24 @@ def search_alg(spec: StudySpec, warm: list[dict] | None = None):
     """`warm`: configurations (searched fields only) Optuna suggests first (warm_start.py says why
     they are re-run rather than passed with their old scores)."""
     if spec.search != "optuna":
-        return BasicVariantGenerator(random_state=spec.search_seed)
+        return variant_generator(spec)
     searcher = OptunaSearch(metric=spec.metric, mode=spec.mode, seed=spec.search_seed, points_to_evaluate=warm or None)
     n = len(data_combos(spec))
     if n > 1:
         searcher = Repeater(searcher, repeat=n)
     return searcher
+
+
+def variant_generator(spec: StudySpec) -> BasicVariantGenerator:
+    """Random and grid search. The concurrency limit goes to the generator itself: Tune ignores
+    TuneConfig(max_concurrent_trials) for a SearchGenerator (it warns and runs as many trials as
+    the CPUs allow), so a study asking for one trial at a time ran two."""
+    return BasicVariantGenerator(random_state=spec.search_seed, max_concurrent=spec.max_concurrent_trials or 0)
+
+
+def concurrency(spec: StudySpec, alg) -> int | None:
+    """TuneConfig's max_concurrent_trials: only for a Searcher (Optuna); the generator holds its own."""
+    return None if isinstance(alg, BasicVariantGenerator) else spec.max_concurrent_trials
 
 
 def scheduler(spec: StudySpec):
@@ -75,12 +87,13 @@ def build_tuner(spec: StudySpec, shared: SharedData, storage: Path, tracker: Cal
     or Tune's variant generator for random/grid), ASHA, resources per trial, failure retries,
     checkpoints, the per-trial time limit and the session time budget."""
     callbacks = [tracker, progress_callback(spec, spec.n_trials()), TimeBudget(spec.time_budget_s)]
+    alg = search_alg(spec, warm)
     return tune.Tuner(
         trainable(shared),
         param_space=param_space(spec),
-        tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=search_alg(spec, warm),
+        tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, search_alg=alg,
                                     scheduler=scheduler(spec), num_samples=num_samples(spec),
-                                    max_concurrent_trials=spec.max_concurrent_trials),
+                                    max_concurrent_trials=concurrency(spec, alg), reuse_actors=True),
         run_config=run_config(spec, storage, callbacks),
     )
 
@@ -95,8 +108,7 @@ def build_confirm_tuner(cspec: StudySpec, shared: SharedData, exp: Path, tracker
     rc.name = exp.name
     return tune.Tuner(trainable(shared), param_space=space, run_config=rc,
                       tune_config=tune.TuneConfig(metric=cspec.metric, mode=cspec.mode, num_samples=1,
-                                                  search_alg=BasicVariantGenerator(random_state=cspec.search_seed),
-                                                  max_concurrent_trials=cspec.max_concurrent_trials))
+                                                  search_alg=variant_generator(cspec)))
 
 
 def restore_tuner(exp: Path, shared: SharedData) -> tune.Tuner:

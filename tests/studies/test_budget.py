@@ -77,7 +77,7 @@ def test_budget_stop_then_resume_finishes_each_trial_once(tmp_path):
 
     data = _counts(tmp_path / "counts.csv")
     path = tmp_path / "budget.yaml"
-    path.write_text(yaml.safe_dump(_raw(data, time_budget="10s"), sort_keys=False))
+    path.write_text(yaml.safe_dump(_raw(data, time_budget="4s"), sort_keys=False))  # trials re-use their workers: 4 trials take ~8 s
     uri, storage = study_args(tmp_path)
 
     def cli(args: list, tag: str) -> Driver:
@@ -110,7 +110,7 @@ def test_budget_stop_then_resume_finishes_each_trial_once(tmp_path):
     assert refused.proc.returncode == 2 and err[-1].startswith("depmicro study resume: error: study 'budget': data file")
     assert json.loads(state_file.read_text()) == state and len(client.search_runs([exp.experiment_id])) == runs_before
 
-    # this session without a budget (each session would otherwise get the study's 10 s again)
+    # this session without a budget (each session would otherwise get the study's 4 s again)
     drv = cli(["study", "resume", "budget", "--allow-changed-data", "--time-budget", "0"], "resume")
     assert drv.proc.returncode == 0, drv.stderr()[-3000:]
     assert drv.json()["state"] == "FINISHED" and "stopped_on" not in drv.json()

@@ -76,7 +76,7 @@ def test_driver_failing_before_its_first_trial_ends_failed_and_can_run_again(tmp
 @pytest.mark.slow
 @pytest.mark.cluster
 def test_second_driver_of_a_running_study_is_refused(tmp_path):
-    spec = small_study(tmp_path, "twice", epochs=6, num_samples=1, scheduler="none", baselines=[])
+    spec = small_study(tmp_path, "twice", epochs=40, num_samples=1, scheduler="none", baselines=[])
     uri, storage = study_args(tmp_path)
     first = Driver(["study", "run", spec, "--tracking-uri", uri, "--storage", storage], cwd=tmp_path, tag="first")
     try:
@@ -189,7 +189,7 @@ def test_analyze_while_a_study_writes_the_same_sqlite_store(tmp_path):
     uri = log_study(root)["tracking_uri"]
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(f"depmicro-{STUDY}")
-    spec = small_study(tmp_path, "busy", epochs=12, num_samples=2, scheduler="none", baselines=["mean"],
+    spec = small_study(tmp_path, "busy", epochs=40, num_samples=2, scheduler="none", baselines=["mean"],
                        max_concurrent_trials=2)
     drv = Driver(["study", "run", spec, "--tracking-uri", uri, "--storage", tmp_path / "res"], cwd=tmp_path)
     try:
