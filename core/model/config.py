@@ -27,6 +27,8 @@ class ModelConfig:
     vae_pretrain: bool = True      # pretrain on the other sets (leave-target-out) before fine-tuning
     vae_epochs: int = 300          # epochs per VAE phase (pretraining, then fine-tuning on the target)
     vae_lr: float = 2e-3
+    vae_visible_weight: float = 1.0  # loss weight of the entries the encoder saw, against 1 for the re-masked ones it
+                                     # must predict (Eq. 6 weighs all alike: 1.0); below 1 the VAE trains as an imputer
     vae_token_sample: int = 256    # microbes per VAE step whose tokens enter the loss (one random subset per batch, loss
                                    # rescaled to all D); 0 or >= D: all of them, exactly as before (no random draw)
     freeze_vae: bool = True        # keep the VAE fixed while the DAT learns (latent diffusion practice)
@@ -117,7 +119,7 @@ _POSITIVE = ("latent_dim", "vae_hidden", "hidden_dim", "n_layers", "n_heads", "t
              "infer_ar_steps", "n_impute_samples", "epochs", "batch_size", "val_every", "mlp_ratio", "lr", "vae_lr")
 _NONNEG = ("attn_block", "snr_floor", "min_snr", "vae_beta", "vae_epochs", "dropout", "f_threshold", "mi_threshold", "weight_decay", "grad_clip", "seed",
            "patience", "sampler_eta", "train_steps", "warmup_steps", "x0_loss",
-           "vae_token_sample")
+           "vae_token_sample", "vae_visible_weight")
 
 
 def _check(cfg: ModelConfig) -> ModelConfig:

@@ -56,7 +56,8 @@ class TokenVAE(nn.Module):
 
     def loss(self, x: torch.Tensor, m_in: torch.Tensor, m_loss: torch.Tensor, beta: float,
              cols: torch.Tensor | None = None) -> torch.Tensor:
-        """Eq. 6-8 per sample: squared error on the observed entries + beta * KL, averaged over the batch.
+        """Eq. 6-8 per sample: squared error on the observed entries (`m_loss`: a mask, or per-entry weights)
+        + beta * KL, averaged over the batch.
 
         With `cols`, only those microbes' tokens are encoded and decoded, and their sums are scaled by
         D / len(cols): an unbiased estimate of the full loss whose per-token cost does not grow with D
@@ -82,11 +83,16 @@ def corrupt(m: np.ndarray, Y: np.ndarray, ratio: float, rng: np.random.Generator
 
 def train_vae(vae: TokenVAE, sets: Sequence[tuple[np.ndarray, np.ndarray]], *, epochs: int, lr: float, beta: float,
               batch_size: int, mask_ratio: float, rng: np.random.Generator, device: torch.device,
-              token_sample: int = 0) -> list[float]:
+              token_sample: int = 0, visible_weight: float = 1.0) -> list[float]:
     """Fit the VAE on (Y, observed) pairs; the encoder input is randomly corrupted so it learns to
     encode profiles with entries missing, and the loss covers every observed entry (in expectation,
     when `token_sample` < D draws one subset of microbes per batch; at or above D, or 0, nothing is
-    drawn, so narrow tables train exactly as without it)."""
+    drawn, so narrow tables train exactly as without it).
+
+    `visible_weight` < 1 weighs the entries the encoder saw below the hidden ones (as masked
+    autoencoders and ReMasker do). Why: reconstructing a visible value from itself is easy and, at
+    weight 1, is most of the loss, while imputation is the hidden entries alone; at 1 the loss
+    mask is the observed mask, bit for bit as before."""
     if epochs <= 0 or not sets:
         return []
     Y = np.concatenate([s[0] for s in sets]).astype(np.float32)
@@ -101,8 +107,10 @@ def train_vae(vae: TokenVAE, sets: Sequence[tuple[np.ndarray, np.ndarray]], *, e
         for i in range(0, len(Y), batch_size):
             idx = perm[i : i + batch_size]
             y, m = Y[idx], M[idx]
-            m_in = m & ~corrupt(m, y, mask_ratio, rng)
-            yt, mt, mi = (torch.from_numpy(a).to(device) for a in (y, m, m_in))
+            hide = corrupt(m, y, mask_ratio, rng)
+            m_in = m & ~hide
+            m_loss = m if visible_weight == 1.0 else np.where(hide, 1.0, visible_weight * m).astype(np.float32)
+            yt, mt, mi = (torch.from_numpy(a).to(device) for a in (y, m_loss, m_in))
             cols = None
             if 0 < token_sample < vae.D:
                 cols = torch.from_numpy(np.sort(rng.choice(vae.D, token_sample, replace=False))).to(device)

@@ -40,7 +40,7 @@ FORMAT = "depmicro-vae/1"
 # what the VAE phase reads from the config (train_vae_entry below: the VAE init draws from torch.manual_seed(seed),
 # then train_vae reads the rest); vae_pretrain enters the key through the pretraining matrices it lets in
 VAE_FIELDS = ("latent_dim", "vae_hidden", "vae_beta", "vae_epochs", "vae_lr", "batch_size", "train_mask_ratio", "seed",
-              "vae_token_sample")
+              "vae_token_sample", "vae_visible_weight")
 
 
 @dataclass
@@ -155,7 +155,8 @@ def train_vae_entry(cfg: ModelConfig, Y_view: np.ndarray, observed: np.ndarray, 
     cpu = torch.device("cpu")
     losses = {}
     opts = dict(epochs=cfg.vae_epochs, lr=cfg.vae_lr, beta=cfg.vae_beta, batch_size=cfg.batch_size,
-                mask_ratio=cfg.train_mask_ratio, rng=rng, device=cpu, token_sample=cfg.vae_token_sample)
+                mask_ratio=cfg.train_mask_ratio, rng=rng, device=cpu, token_sample=cfg.vae_token_sample,
+                visible_weight=cfg.vae_visible_weight)
     if cfg.vae_pretrain and len(pretrain):
         losses["vae_pretrain_loss"] = train_vae(vae, [(P, np.ones_like(P, dtype=bool)) for P in pretrain], **opts)[-1:]
     losses["vae_loss"] = train_vae(vae, [(Y_view, observed)], **opts)[-1:]

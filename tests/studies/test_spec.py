@@ -47,7 +47,7 @@ def test_paper_sweep_and_ablations_parse():
     assert abl.search == "grid" and abl.scheduler.type == "none" and len(abl.seeds) >= 5
     arms = set(abl.arms)  # restrict, pretraining, metadata and decay 0.9 are the base: one arm for the four
     assert {"base", "dep_mask_mode=paper", "dep_mask_mode=off", "vae_pretrain=false", "use_metadata=false",
-            "ar_decay=0.7", "ar_decay=0.8", "ar_decay=1.0"} == arms
+            "ar_decay=0.7", "ar_decay=0.8", "ar_decay=1.0", "vae_visible_weight=0.1"} == arms
     assert abl.n_trials() == len(arms) * 3 * len(abl.seeds)
 
 
@@ -66,9 +66,9 @@ def test_ablations_small_has_the_same_factors_and_runs_the_base_once():
     tcma_path("stad")
     small, full = load_spec(STUDIES / "ablations_small.yaml"), load_spec(STUDIES / "ablations.yaml")
     assert small.ablate == full.ablate and set(small.arms) == set(full.arms)
-    assert list(small.arms).count("base") == 1 and len(small.arms) == 8  # 11 values, 4 of them the base's
+    assert list(small.arms).count("base") == 1 and len(small.arms) == 9  # 13 values, 5 of them the base's
     assert small.seeds == [0, 1, 2, 3, 4] and {d.name for d in small.datasets} == {"stad", "coad", "hnsc"}
-    assert small.n_trials() == 8 * 3 * 5
+    assert small.n_trials() == 9 * 3 * 5
     # CPU-sized: small.yaml's model on a 300-step budget, against the GPU study's paper-sized model
     cpu, gpu = config_from_dict(small.base_config), config_from_dict(full.base_config)
     assert small.resources.gpu == 0 and cpu.train_steps == 300 and cpu.hidden_dim < gpu.hidden_dim

@@ -57,3 +57,28 @@ def test_narrow_table_trains_exactly_as_without_sampling():
     assert la == lb and all(torch.equal(a[k], b[k]) for k in a)
     c, lc = _train(30, token_sample=10)  # a real subsample draws, so it trains differently
     assert lc != la and not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_weighing_down_visible_entries_makes_a_better_imputer():
+    """vae_visible_weight: on a table with planted dependencies, the encoder trained with the entries it
+    saw at weight 0.1 predicts held-out entries better than at weight 1 (Eq. 6 as written), where most of
+    the loss is reconstructing visible values from themselves. Measured on seeds 0-2, with and without
+    modules: +0.04 to +0.08 pcc_per_microbe; this asserts +0.03 on seed 0 (0.197 -> 0.275)."""
+    from depmicro.core.data.evaluation import evaluate, make_split, training_view
+    from depmicro.core.data.synthetic import make_synthetic
+
+    ds, _ = make_synthetic(300, 30, seed=0)
+    Y = ds.normalized
+    split = make_split(Y, seed=0, test_ratio=0.2, val_ratio=0.0)
+    view, obs = training_view(Y, split), split.observed
+    scores = {}
+    for w in (1.0, 0.1):
+        torch.manual_seed(0)
+        vae = TokenVAE(30, latent_dim=4, hidden=64, token_hidden=16)
+        train_vae(vae, [(view, obs)], epochs=60, lr=2e-3, beta=0.0, batch_size=32, mask_ratio=0.2,
+                  rng=np.random.default_rng(0), device=torch.device("cpu"), visible_weight=w)
+        with torch.no_grad():
+            y, m = torch.as_tensor(np.where(obs, view, 0.0), dtype=torch.float32), torch.as_tensor(obs)
+            out = vae.decode(vae.encode(y * m.float(), m)[0]).numpy().astype(float)
+        scores[w] = evaluate(Y, np.where(obs, view, out), split.test)["pcc_per_microbe"]
+    assert scores[0.1] > scores[1.0] + 0.03, scores
