@@ -55,14 +55,19 @@ def _spec(directory: Path, concurrent: int, asha: bool, epochs: int | None, num_
     return path
 
 
+def _trial_runs(uri: str, name: str):
+    """The study's trial runs in MLflow (one DataFrame row each)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return mlflow.search_runs(experiment_names=[f"depmicro-{name}"], filter_string="tags.`depmicro.kind` = 'trial'")
+
+
 def _val_events(uri: str, name: str, metric: str = "val_pcc_per_microbe") -> list[tuple[int, str, int, float]]:
     """(timestamp ms, run id, epoch, value) of every validated epoch of every trial, in time order."""
     from mlflow.tracking import MlflowClient
 
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(experiment_names=[f"depmicro-{name}"], filter_string="tags.`depmicro.kind` = 'trial'")
+    runs = _trial_runs(uri, name)
     client = MlflowClient(uri)
     ev = [(m.timestamp, r, m.step, m.value) for r in runs["run_id"] for m in client.get_metric_history(r, metric)]
     return sorted(ev)
@@ -81,20 +86,14 @@ def epochs_to_target(events: list[tuple[int, str, int, float]], target: float) -
 def _trial_phase_s(uri: str, name: str) -> float:
     """First trial start to last trial end (MLflow's run times): the part concurrency can shorten,
     without the driver's fixed work (imports, Ray start-up, dependency statistics, the shared VAE)."""
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(experiment_names=[f"depmicro-{name}"], filter_string="tags.`depmicro.kind` = 'trial'")
+    runs = _trial_runs(uri, name)
     return round((runs["end_time"].max() - runs["start_time"].min()).total_seconds(), 1)
 
 
 def _trial_epochs(uri: str, name: str) -> tuple[int, dict]:
     from mlflow.tracking import MlflowClient
 
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(experiment_names=[f"depmicro-{name}"], filter_string="tags.`depmicro.kind` = 'trial'")
+    runs = _trial_runs(uri, name)
     client = MlflowClient(uri)
     total = sum(max((m.step for m in client.get_metric_history(r, "train_loss")), default=0) for r in runs["run_id"])
     return int(total), runs["tags.depmicro.status"].value_counts().to_dict()
