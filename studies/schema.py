@@ -121,6 +121,9 @@ TAG_WINNER_CONFIG = "depmicro.winner_config"  # parent: the confirmed winner's s
 KIND_STUDY, KIND_TRIAL, KIND_BASELINE = "study", "trial", "baseline"
 KIND_CONFIRM = "confirm"  # a confirmation trial (a search configuration re-run on an extra held-out seed)
 TERMINAL = ("TERMINATED", "ERROR", "STOPPED")  # TAG_STATUS values of a trial that is over
+# TAG_STATUS of a run whose trial Tune's saved state never held (its driver died as the trial started):
+# the run is closed and soft-deleted (`mlflow runs restore` brings it back); Tune re-runs the configuration
+ORPHANED = "ORPHANED"
 FINISHED = "TERMINATED"  # ran to the end: it has test metrics
 
 

@@ -10,7 +10,8 @@ each trial's run by its trial id tag (TAG_TRIAL_ID), never created twice; per-ep
 epochs above the highest one already in MLflow, so a trial that re-reports an epoch after a
 restore does not duplicate points; final metrics and artifacts are written when the run's status
 tag is not yet terminal. The first loop step after a restore reconciles runs the killed driver
-left RUNNING for trials Tune already counts as finished.
+left RUNNING for trials Tune already counts as finished, and retires runs of trials Tune's saved
+state never held (`_retire_orphans`).
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from depmicro.studies.schema import (ARTIFACT_CONFIG, ARTIFACT_MODEL, ARTIFACT_P
                                      TAG_RESUMES, TAG_STOPPED_ON, TAG_VERSION_PREFIX, TAG_DATASET, TAG_EPOCHS_DONE,
                                      TAG_ERROR, TAG_GIT_COMMIT, TAG_KIND, TAG_METHOD, TAG_NODE_ID, TAG_NODE_IP, TAG_PARENT,
                                      TAG_REPLICATE, TAG_RETRIES, TAG_SEED, TAG_STATUS, TAG_STUDY, TAG_TRIAL_ID,
-                                     TAG_VARIANT, TERMINAL, enable_wal, experiment_name, run_filter, sqlite_path)
+                                     TAG_VARIANT, TERMINAL, ORPHANED, enable_wal, experiment_name, run_filter, sqlite_path)
 from depmicro.studies.trainable import FINAL_FILE, resolve_trial
 
 MAX_PARAM_CHARS = 6000
@@ -318,9 +319,29 @@ class MlflowTracker(Callback):
         if self._reconciled:
             return
         self._reconciled = True
+        self._retire_orphans({t.trial_id for t in trials})
         for t in trials:
             if t.status in ("TERMINATED", "ERROR"):
                 self._finalize(t, t.status)
+
+    def _retire_orphans(self, held: set[str]) -> None:
+        """Close and soft-delete this study's unfinished runs whose trial ids Tune does not hold.
+
+        Such a run belongs to a trial that started after Tune's last experiment snapshot, from a driver
+        killed right then (with re-used workers the next trial starts the moment one ends). The
+        restored search suggests that configuration again under a new trial id, so keeping the old run
+        would count the trial twice and leave it RUNNING forever. Deleted, not erased: MLflow keeps it,
+        tagged ORPHANED with the reason, and `mlflow runs restore` brings it back."""
+        for run in find_runs(self.client, self.experiment_id, self.spec.name, self.kind):
+            tid = run.data.tags.get(TAG_TRIAL_ID)
+            if tid in held or run.data.tags.get(TAG_STATUS) in TERMINAL:
+                continue
+            rid = run.info.run_id
+            self.client.set_tag(rid, TAG_ERROR, "orphaned: the driver stopped before Tune saved this trial; "
+                                                "its configuration runs again under a new trial id")
+            self.client.set_tag(rid, TAG_STATUS, ORPHANED)
+            self.client.set_terminated(rid, "KILLED")
+            self.client.delete_run(rid)
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         rid = self.run_id(trial)
