@@ -61,10 +61,18 @@ def epsilon_loss(imp: DepMicroDiff, y: torch.Tensor, obs: torch.Tensor, meta: to
         per_tok = per_tok * w / snr.clamp(min=1e-8)
     vf = valid.float()
     loss = (per_tok * vf).sum() / vf.sum().clamp(min=1)
-    if cfg.x0_loss > 0 and t_fixed is None and imp.dat.alpha_bar is not None:
+    if (cfg.x0_loss > 0 or cfg.x0_value_loss > 0) and t_fixed is None and imp.dat.alpha_bar is not None:
         # the mean estimate's own regression: x0 from a zero input at t = T - 1 (what impute(estimate=mean) runs),
         # sharing the context pass; the eps loss alone reaches t near T rarely and weights it by 1/SNR-clamps
         t_top = torch.full(idx.shape, cfg.timesteps - 1, device=dev, dtype=torch.long)
         x0_hat = imp.dat.denoise(val, cache, torch.zeros_like(x0), t_top, idx, allow_noisy, hint, return_x0=True)
-        loss = loss + cfg.x0_loss * (((x0_hat.float() - x0) ** 2).mean(-1) * vf).sum() / vf.sum().clamp(min=1)
+        if cfg.x0_loss > 0:
+            loss = loss + cfg.x0_loss * (((x0_hat.float() - x0) ** 2).mean(-1) * vf).sum() / vf.sum().clamp(min=1)
+        if cfg.x0_value_loss > 0:
+            # scored where the metric is: a latent error the decoder ignores costs nothing here, one it
+            # amplifies costs what it does to the value (the VAE is frozen; only the DAT learns from this)
+            z_hat = x0_hat.float() + (hint if cfg.residual_diffusion else 0.0)
+            v_hat = imp.vae.decode(imp.denorm(z_hat), cols=idx)
+            v_err = (v_hat - torch.gather(y, 1, idx)) ** 2
+            loss = loss + cfg.x0_value_loss * (v_err * vf).sum() / vf.sum().clamp(min=1)
     return loss

@@ -73,6 +73,7 @@ class ModelConfig:
     lr_schedule: str = "constant"  # constant | cosine (decay to 0 over the run, after warm-up)
     ema_decay: float = 0.0         # EMA of the DAT weights (DiT-style) used for validation, saved and exported; 0 = off
     x0_loss: float = 0.0           # weight of an extra x0 regression loss at t = T - 1 from a zero input (the mean estimate)
+    x0_value_loss: float = 0.0     # the same regression scored on the decoded value (through the frozen VAE decoder)
     seed: int = 0
     patience: int = 0              # stop after this many epochs without val improvement (0 = never)
     val_every: int = 1             # validate every n-th epoch (and always at the last)
@@ -118,7 +119,7 @@ _CHOICES = {
 _POSITIVE = ("latent_dim", "vae_hidden", "hidden_dim", "n_layers", "n_heads", "timesteps", "sampling_fraction",
              "infer_ar_steps", "n_impute_samples", "epochs", "batch_size", "val_every", "mlp_ratio", "lr", "vae_lr")
 _NONNEG = ("attn_block", "snr_floor", "min_snr", "vae_beta", "vae_epochs", "dropout", "f_threshold", "mi_threshold", "weight_decay", "grad_clip", "seed",
-           "patience", "sampler_eta", "train_steps", "warmup_steps", "x0_loss",
+           "patience", "sampler_eta", "train_steps", "warmup_steps", "x0_loss", "x0_value_loss",
            "vae_token_sample", "vae_visible_weight")
 
 

@@ -115,3 +115,29 @@ def test_dat_beats_its_own_encoder_on_planted_dependencies():
     mse = lambda f: float(((f - Y)[split.test] ** 2).mean())  # noqa: E731
     enc, dat = mse(res.imputer.encoder_impute(view, obs)), mse(res.imputer.impute(view, obs))
     assert dat < 0.8 * enc, (dat, enc)
+
+
+def test_value_space_regression_beats_latent_regression_on_planted_dependencies():
+    """`x0_value_loss` scores the mean estimate where the metric is (the decoded value); the latent
+    MSE of `x0_loss` weighs latent directions the decoder ignores like those it amplifies. Same data,
+    same split, same seeds: held-out pcc_per_microbe, averaged over three synthetic tables
+    (measured +0.07: 0.209 vs 0.141)."""
+    from depmicro.core.model.config import config_from_dict
+    from depmicro.core.data.evaluation import evaluate
+    from depmicro.core.data.synthetic import make_synthetic
+
+    score = {"latent": [], "value": []}
+    for seed in (0, 1, 2):
+        ds, _ = make_synthetic(n_samples=200, n_taxa=16, n_directed=2, n_symmetric=6, metadata=False, seed=seed)
+        split = make_split(ds.normalized, seed=0, test_ratio=0.2, val_ratio=0.1)
+        view = training_view(ds.normalized, split)
+        for name, loss in (("latent", dict(x0_loss=1.0)), ("value", dict(x0_value_loss=30.0))):
+            cfg = config_from_dict(dict(latent_dim=2, vae_hidden=16, vae_epochs=10, vae_pretrain=False, hidden_dim=32,
+                                        n_layers=2, n_heads=2, timesteps=100, dep_mask_mode="off", use_metadata=False,
+                                        batch_size=32, train_steps=120, lr=2e-3, lr_schedule="cosine", warmup_steps=10,
+                                        ema_decay=0.99, val_every=1000, **loss))
+            res = fit(cfg, ds, split)
+            filled = res.imputer.impute(view, split.observed)
+            score[name].append(evaluate(ds.normalized, filled, split.test)["pcc_per_microbe"])
+    gain = sum(score["value"]) / 3 - sum(score["latent"]) / 3
+    assert gain > 0.03, score
