@@ -5,11 +5,14 @@ config once per value, everything else fixed (held-out masks of --split-seed, mo
 the spread (max - min) of validation pcc_per_microbe across the values; the reference is the spread
 across model seeds --seeds at the config's own settings (same masks). A ratio near or below 1 means
 the knob is lost in seed noise. The VAE phase is cached (--vae-cache), so only the DAT retrains per value.
-Note: with estimate: mean the sampler is never run, so sampling_fraction cannot matter (spread 0 by
-construction); the bench reports it anyway.
+Inference-only knobs (sampling_fraction; studies/inference.py lists them) change nothing in training,
+so they are scored on the seed-0 model of the config's own settings, as a study's `inference:` grid
+does; a configuration already trained (a knob's value equal to the config's own) is not trained again.
+With estimate: mean the sampler never runs, so sampling_fraction cannot matter (spread 0 by
+construction); the bench measures it anyway.
 
     python tests/bench/sensitivity.py [--data stad] [--config studies/configs/small.yaml] [--seeds 0 1 2]
-        [--knob name=v1,v2,v3 ...] [--set key=value ...]
+        [--knob name=v1,v2,v3 ...] [--only NAME ...] [--set key=value ...]
 """
 from __future__ import annotations
 
@@ -20,7 +23,13 @@ import sys
 import time
 from pathlib import Path
 
-from depmicro.core.model.config import load_config
+import dataclasses
+
+import torch
+
+from depmicro.core.data.evaluation import evaluate, training_view
+from depmicro.core.model.config import config_to_dict, load_config
+from depmicro.studies.inference import knobs as inference_knobs
 from depmicro.core.data import load_dataset
 from depmicro.core.data.evaluation import make_split
 from depmicro.core.train import fit
@@ -40,6 +49,7 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--split-seed", type=int, default=0)
     ap.add_argument("--knob", action="append", default=[], metavar="NAME=V1,V2,...", help="override a knob's range (or add one)")
+    ap.add_argument("--only", nargs="+", metavar="NAME", help="run only these knobs (e.g. to split the bench over processes)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--vae-cache", default=str(ROOT / ".depmicro_cache"))
     args = ap.parse_args()
@@ -47,17 +57,38 @@ def main() -> None:
     for k in args.knob:
         name, _, vals = k.partition("=")
         knobs[name] = vals.split(",")
+    if args.only:
+        knobs = {k: v for k, v in knobs.items() if k in args.only}
     data = load_dataset(TCMA / f"{args.data}.h5ad")
     pretrain = [load_dataset(TCMA / f"{s}.h5ad") for s in SETS if s != args.data]
     split = None
     t0 = time.perf_counter()
 
+    base = load_config(args.config, args.overrides)
+    fits: dict[str, object] = {}  # training configuration -> its fit result
+
     def score(extra: list[str]) -> float:
         nonlocal split
         cfg = load_config(args.config, [*args.overrides, *extra])
         split = split or make_split(data.normalized, seed=args.split_seed, test_ratio=cfg.test_ratio, val_ratio=cfg.val_ratio)
-        v = fit(cfg, data, split, pretrain=pretrain, vae_cache_dir=args.vae_cache).val[M]
-        print(json.dumps({"settings": extra, "val": round(v, 4), "seconds": round(time.perf_counter() - t0, 1)}), file=sys.stderr, flush=True)
+        train_cfg = dataclasses.replace(cfg, **{k: getattr(base, k) for k in inference_knobs()})
+        key = json.dumps(config_to_dict(train_cfg), sort_keys=True, default=str)
+        trained = key not in fits
+        if trained:
+            fits[key] = fit(train_cfg, data, split, pretrain=pretrain, vae_cache_dir=args.vae_cache)
+        res = fits[key]
+        if cfg == train_cfg:
+            v = res.val[M]
+        else:  # an inference-only setting, scored on the trained model
+            imp = res.imputer
+            imp.cfg = cfg
+            torch.manual_seed(cfg.seed)
+            meta = data.metadata_text() if cfg.use_metadata else None
+            filled = imp.impute(training_view(data.normalized, split), split.observed, meta)
+            imp.cfg = train_cfg
+            v = evaluate(data.normalized, filled, split.val)[M]
+        print(json.dumps({"settings": extra, "val": round(v, 4), "trained": trained,
+                          "seconds": round(time.perf_counter() - t0, 1)}), file=sys.stderr, flush=True)
         return v
 
     seeds = {s: score([f"seed={s}"]) for s in args.seeds}
