@@ -17,22 +17,20 @@ construction); the bench measures it anyway.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
-import dataclasses
-
 import torch
 
-from depmicro.core.data.evaluation import evaluate, training_view
-from depmicro.core.model.config import config_to_dict, load_config
-from depmicro.studies.inference import knobs as inference_knobs
 from depmicro.core.data import load_dataset
-from depmicro.core.data.evaluation import make_split
+from depmicro.core.data.evaluation import evaluate, make_split, training_view
+from depmicro.core.model.config import config_to_dict, load_config
 from depmicro.core.train import fit
+from depmicro.studies.inference import knobs as inference_knobs
 
 ROOT = Path(__file__).resolve().parents[2]
 TCMA = ROOT.parent / "shared" / "data" / "tcma"
