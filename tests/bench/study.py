@@ -13,10 +13,15 @@ Ray, own MLflow db), timed end to end, driver start-up included (what a user wai
   best-so-far validation score came within `--tolerance` of the no-stopping run's best
   (`epochs_to_target`), and the trial-epochs each spent in all. One draw decides little (where the
   best configuration falls in the order is luck), so `--search-seeds` repeats the pair on several
-  draws and `summary` sums over them.
+  draws and `summary` sums over them. `rank_agreement_by_epoch` (per draw, from the no-stopping run):
+  the Spearman correlation between each epoch's score and the trial's best, i.e. how well a rung at that
+  epoch would order the trials; a grace period below where it is high stops trials on noise.
+- `--base`, `--space`, `--grace-period`, `--reduction-factor` change the workload and the scheduler, so a
+  grace period can be calibrated on one draw and scored on others.
 
     python tests/bench/study.py                       # the quickstart as shipped
     python tests/bench/study.py --epochs 24 --num-samples 12 --search-seeds 0 1 2
+    python tests/bench/study.py --epochs 24 --num-samples 12 --search-seeds 3 --only c2_fifo --base batch_size=16
 
 Prints one JSON object.
 """
@@ -40,7 +45,7 @@ VARIANTS = {"c2_fifo": (2, False), "c1_fifo": (1, False), "c2_asha": (2, True)}
 
 
 def _spec(directory: Path, concurrent: int, asha: bool, epochs: int | None, num_samples: int | None,
-          search_seed: int | None = None) -> Path:
+          search_seed: int | None = None, overrides: dict | None = None) -> Path:
     spec = yaml.safe_load(QUICKSTART.read_text())
     spec["base_config"]["file"] = str(QUICKSTART.parent / spec["base_config"]["file"])
     spec["max_concurrent_trials"] = concurrent
@@ -53,6 +58,16 @@ def _spec(directory: Path, concurrent: int, asha: bool, epochs: int | None, num_
             spec["scheduler"]["grace_period"] = min(spec["scheduler"].get("grace_period", 1), max(1, epochs // 3))
     if num_samples:
         spec["num_samples"] = num_samples
+    o = overrides or {}
+    for item in o.get("base") or []:
+        key, _, value = item.partition("=")
+        spec["base_config"][key] = yaml.safe_load(value)
+    for item in o.get("space") or []:
+        key, _, value = item.partition("=")
+        spec["search_space"][key] = yaml.safe_load(value)
+    for key in ("grace_period", "reduction_factor"):
+        if o.get(key) and isinstance(spec.get("scheduler"), dict):
+            spec["scheduler"][key] = o[key]
     if not asha:
         spec["scheduler"] = "none"
     path = directory / "study.yaml"
@@ -105,9 +120,9 @@ def _trial_epochs(uri: str, name: str) -> tuple[int, dict]:
 
 
 def run_variant(label: str, concurrent: int, asha: bool, epochs: int | None, num_samples: int | None,
-                search_seed: int | None = None) -> dict:
+                search_seed: int | None = None, overrides: dict | None = None) -> dict:
     d = Path(tempfile.mkdtemp(prefix=f"bench-study-{label}-"))
-    spec = _spec(d, concurrent, asha, epochs, num_samples, search_seed)
+    spec = _spec(d, concurrent, asha, epochs, num_samples, search_seed, overrides)
     uri = f"sqlite:///{d / 'mlflow.db'}"
     cmd = [sys.executable, "-m", "depmicro.core.cli", "study", "run", str(spec), "--tracking-uri", uri,
            "--storage", str(d / "results"), "--json"]
@@ -145,24 +160,44 @@ def main() -> None:
     ap.add_argument("--search-seeds", type=int, nargs="+",
                     help="draws of configurations for the ASHA pair (default: the quickstart's search seed); "
                          "the concurrency pair runs on the first")
+    ap.add_argument("--base", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="override base_config fields (e.g. batch_size=16: a quickstart epoch is 4 optimizer steps at 64)")
+    ap.add_argument("--space", nargs="*", default=[], metavar="KEY=YAML",
+                    help="override search_space entries, e.g. 'lr={type: loguniform, low: 1.0e-5, high: 3.0e-2}'")
+    ap.add_argument("--grace-period", type=int, help="override the study's ASHA grace period (epochs)")
+    ap.add_argument("--reduction-factor", type=int, help="override the study's ASHA reduction factor")
     ap.add_argument("--tolerance", type=float, default=0.005, help="how close to the no-stopping best counts as reached")
     args = ap.parse_args()
     t0 = time.time()
     seeds = args.search_seeds or [None]
+    overrides = {"base": args.base, "space": args.space, "grace_period": args.grace_period,
+                 "reduction_factor": args.reduction_factor}
     out = {"study": str(QUICKSTART), "epochs": args.epochs, "num_samples": args.num_samples, "cpus": os.cpu_count(),
-           "search_seeds": args.search_seeds, "variants": {}}
+           "search_seeds": args.search_seeds, "overrides": {k: v for k, v in overrides.items() if v}, "variants": {}}
     for i, seed in enumerate(seeds):
         for label, (conc, asha) in VARIANTS.items():
             if (args.only and label not in args.only) or (label == "c1_fifo" and i > 0):
                 continue
             key = label if i == 0 else f"{label}@{seed}"
-            out["variants"][key] = run_variant(label, conc, asha, args.epochs, args.num_samples, seed)
+            out["variants"][key] = run_variant(label, conc, asha, args.epochs, args.num_samples, seed, overrides)
             print(f"{key}: {out['variants'][key]}", file=sys.stderr, flush=True)
     out["summary"] = summarize(out["variants"], args.tolerance, seeds)
     for v in out["variants"].values():
         v.pop("val_events", None)
     out["seconds"] = round(time.time() - t0, 1)
     print(json.dumps(out, indent=2))
+
+
+def rank_agreement(events: list[tuple[str, int, float]]) -> dict[int, float]:
+    """Spearman correlation, over the trials of a no-stopping run, between each epoch's validation score and the
+    trial's best: how well a rung at that epoch orders the trials (ASHA's grace period must sit where this is high)."""
+    import pandas as pd
+
+    df = pd.DataFrame(events, columns=["run", "epoch", "val"])
+    best = df.groupby("run")["val"].max()
+    wide = df.pivot_table(index="run", columns="epoch", values="val")
+    return {int(e): round(float(wide[e].corr(best, method="spearman")), 3) for e in wide.columns
+            if wide[e].notna().sum() == len(best)}
 
 
 def _early_stopping(fifo: dict, asha: dict, tolerance: float) -> dict:
@@ -190,6 +225,8 @@ def summarize(variants: dict, tolerance: float, seeds: list | None = None) -> di
         fifo, asha = variants.get(f"c2_fifo{sfx}", {}), variants.get(f"c2_asha{sfx}", {})
         if "val_events" in fifo and "val_events" in asha:
             draws.append({"search_seed": seed, **_early_stopping(fifo, asha, tolerance)})
+        if "val_events" in fifo:
+            out.setdefault("rank_agreement_by_epoch", {})[str(seed)] = rank_agreement(fifo["val_events"])
     if draws:
         reached = [d for d in draws if d["asha_epochs_to_target"] is not None]
         f_n = sum(d["fifo_epochs_to_target"] for d in draws)
