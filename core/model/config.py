@@ -29,6 +29,7 @@ class ModelConfig:
     vae_lr: float = 2e-3
     vae_visible_weight: float = 1.0  # loss weight of the entries the encoder saw, against 1 for the re-masked ones it
                                      # must predict (Eq. 6 weighs all alike: 1.0); below 1 the VAE trains as an imputer
+    vae_readout: bool = False      # a per-microbe linear readout of the shared context into each token (see TokenVAE)
     vae_token_sample: int = 256    # microbes per VAE step whose tokens enter the loss (one random subset per batch, loss
                                    # rescaled to all D); 0 or >= D: all of them, exactly as before (no random draw)
     freeze_vae: bool = True        # keep the VAE fixed while the DAT learns (latent diffusion practice)

@@ -17,13 +17,18 @@ import torch.nn.functional as F
 
 
 class TokenVAE(nn.Module):
-    def __init__(self, n_taxa: int, latent_dim: int = 4, hidden: int = 128, token_hidden: int = 32):
+    def __init__(self, n_taxa: int, latent_dim: int = 4, hidden: int = 128, token_hidden: int = 32,
+                 readout: bool = False):
         super().__init__()
         self.D, self.k = n_taxa, latent_dim
         self.context = nn.Sequential(nn.Linear(2 * n_taxa, hidden), nn.SiLU(), nn.Linear(hidden, token_hidden))
         self.enc_embed = nn.Parameter(torch.randn(n_taxa, token_hidden) * 0.02)
         self.enc_local = nn.Linear(2, token_hidden)
         self.enc_out = nn.Sequential(nn.SiLU(), nn.Linear(token_hidden, token_hidden), nn.SiLU(), nn.Linear(token_hidden, 2 * latent_dim))
+        # per-microbe linear readout of the context (zero at init: the additive path's tokens, bit for bit). Why: a
+        # hidden microbe's token is otherwise MLP(context + embedding), where microbes can differ only through an added
+        # vector; low-rank completion (softimpute) reads each microbe as its own linear function of a shared factor
+        self.readout = nn.Parameter(torch.zeros(n_taxa, token_hidden, 2 * latent_dim)) if readout else None
         self.dec_embed = nn.Parameter(torch.randn(n_taxa, token_hidden) * 0.02)
         self.dec = nn.Sequential(nn.Linear(latent_dim, token_hidden), nn.SiLU(), nn.Linear(token_hidden, token_hidden), nn.SiLU(), nn.Linear(token_hidden, 1))
 
@@ -40,11 +45,15 @@ class TokenVAE(nn.Module):
         xm = x * m
         cm = m if ctx_m is None else ctx_m.float()
         ctx = self.context(torch.cat([x * cm, cm], dim=-1))  # (B, H)
-        embed = self.enc_embed
+        embed, readout = self.enc_embed, self.readout
         if cols is not None:
             xm, m, embed = xm[:, cols], m[:, cols], embed[cols]
+            readout = None if readout is None else readout[cols]
         h = self.enc_local(torch.stack([xm, m], dim=-1)) + embed + ctx[:, None, :]
-        mu, logvar = self.enc_out(h).chunk(2, dim=-1)
+        out = self.enc_out(h)
+        if readout is not None:
+            out = out + torch.einsum("bh,dhk->bdk", ctx, readout)
+        mu, logvar = out.chunk(2, dim=-1)
         return mu, logvar.clamp(-10, 10)
 
     def decode(self, z: torch.Tensor, cols: torch.Tensor | None = None) -> torch.Tensor:

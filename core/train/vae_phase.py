@@ -40,7 +40,7 @@ FORMAT = "depmicro-vae/1"
 # what the VAE phase reads from the config (train_vae_entry below: the VAE init draws from torch.manual_seed(seed),
 # then train_vae reads the rest); vae_pretrain enters the key through the pretraining matrices it lets in
 VAE_FIELDS = ("latent_dim", "vae_hidden", "vae_beta", "vae_epochs", "vae_lr", "batch_size", "train_mask_ratio", "seed",
-              "vae_token_sample", "vae_visible_weight")
+              "vae_token_sample", "vae_visible_weight", "vae_readout")
 
 
 @dataclass
@@ -150,7 +150,7 @@ def train_vae_entry(cfg: ModelConfig, Y_view: np.ndarray, observed: np.ndarray, 
     """
     t0 = time.perf_counter()
     seed_all(cfg.seed)
-    vae = TokenVAE(Y_view.shape[1], cfg.latent_dim, cfg.vae_hidden)
+    vae = TokenVAE(Y_view.shape[1], cfg.latent_dim, cfg.vae_hidden, readout=cfg.vae_readout)
     rng = np.random.default_rng(cfg.seed)
     cpu = torch.device("cpu")
     losses = {}

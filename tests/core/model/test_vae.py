@@ -82,3 +82,48 @@ def test_weighing_down_visible_entries_makes_a_better_imputer():
             out = vae.decode(vae.encode(y * m.float(), m)[0]).numpy().astype(float)
         scores[w] = evaluate(Y, np.where(obs, view, out), split.test)["pcc_per_microbe"]
     assert scores[0.1] > scores[1.0] + 0.03, scores
+
+
+def test_readout_starts_as_the_additive_encoder():
+    """vae_readout adds a zero-initialised per-microbe readout and draws nothing at init: an untrained VAE with it
+    encodes and decodes exactly as one without, so every figure measured without it stays reproducible."""
+    x, m = _batch(12)
+    torch.manual_seed(0)
+    plain = TokenVAE(12, latent_dim=3, hidden=16, token_hidden=8)
+    torch.manual_seed(0)
+    ro = TokenVAE(12, latent_dim=3, hidden=16, token_hidden=8, readout=True)
+    assert ro.readout is not None and plain.readout is None
+    assert all(torch.equal(v, ro.state_dict()[k]) for k, v in plain.state_dict().items())
+    cols = torch.tensor([1, 5])
+    for c in (None, cols):
+        a, b = plain.encode(x, m, cols=c), ro.encode(x, m, cols=c)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_readout_makes_a_better_imputer_on_planted_dependencies():
+    """A hidden microbe's token is MLP(context + its embedding) without the readout, so microbes can differ only
+    through an added vector; with it each microbe also reads the context linearly, as low-rank completion does.
+    Encoder alone, 300 x 60 synthetic, seeds 0-2, visible weight 0.1: held-out pcc_per_microbe 0.304 / 0.234 /
+    0.206 without, 0.322 / 0.258 / 0.292 with (measured; 300 x 30 gave +0.006 / +0.033 / +0.042). Asserts a mean
+    gain above 0.02 (measured 0.043) and no seed worse by more than 0.01."""
+    from depmicro.core.data.evaluation import evaluate, make_split, training_view
+    from depmicro.core.data.synthetic import make_synthetic
+
+    gains = []
+    for seed in (0, 1, 2):
+        ds, _ = make_synthetic(300, 60, seed=seed)
+        Y = ds.normalized
+        split = make_split(Y, seed=seed, test_ratio=0.2, val_ratio=0.0)
+        view, obs = training_view(Y, split), split.observed
+        scores = []
+        for readout in (False, True):
+            torch.manual_seed(0)
+            vae = TokenVAE(60, latent_dim=4, hidden=64, token_hidden=16, readout=readout)
+            train_vae(vae, [(view, obs)], epochs=60, lr=2e-3, beta=0.0, batch_size=32, mask_ratio=0.2,
+                      rng=np.random.default_rng(0), device=torch.device("cpu"), visible_weight=0.1)
+            with torch.no_grad():
+                y, m = torch.as_tensor(np.where(obs, view, 0.0), dtype=torch.float32), torch.as_tensor(obs)
+                out = vae.decode(vae.encode(y * m.float(), m)[0]).numpy().astype(float)
+            scores.append(evaluate(Y, np.where(obs, view, out), split.test)["pcc_per_microbe"])
+        gains.append(scores[1] - scores[0])
+    assert np.mean(gains) > 0.02 and min(gains) > -0.01, gains
