@@ -59,12 +59,8 @@ def _spec(directory: Path, concurrent: int, asha: bool, epochs: int | None, num_
     if num_samples:
         spec["num_samples"] = num_samples
     o = overrides or {}
-    for item in o.get("base") or []:
-        key, _, value = item.partition("=")
-        spec["base_config"][key] = yaml.safe_load(value)
-    for item in o.get("space") or []:
-        key, _, value = item.partition("=")
-        spec["search_space"][key] = yaml.safe_load(value)
+    _assign(spec["base_config"], o.get("base"))
+    _assign(spec["search_space"], o.get("space"))
     for key in ("grace_period", "reduction_factor"):
         if o.get(key) and isinstance(spec.get("scheduler"), dict):
             spec["scheduler"][key] = o[key]
@@ -73,6 +69,15 @@ def _spec(directory: Path, concurrent: int, asha: bool, epochs: int | None, num_
     path = directory / "study.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+def _assign(table: dict, items: list[str] | None) -> None:
+    """KEY=VALUE items (VALUE read as YAML) into a section of the study file."""
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"study.py: expected KEY=VALUE, got {item!r}")
+        table[key] = yaml.safe_load(value)
 
 
 def _trial_runs(uri: str, name: str):
