@@ -72,7 +72,7 @@ class DepMicroDiff:
         torch.manual_seed(cfg.seed)
         self.diffusion = Diffusion(cfg.timesteps)
         self.net = nn.ModuleDict({
-            "vae": TokenVAE(n_taxa, cfg.latent_dim, cfg.vae_hidden, readout=cfg.vae_readout),
+            "vae": TokenVAE.from_config(n_taxa, cfg),
             "dat": DAT(n_taxa, cfg.latent_dim, hidden=cfg.hidden_dim, layers=cfg.n_layers, heads=cfg.n_heads,
                        mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout, meta_dim=meta_dim,
                        residual_condition=cfg.residual_condition,

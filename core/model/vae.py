@@ -32,6 +32,12 @@ class TokenVAE(nn.Module):
         self.dec_embed = nn.Parameter(torch.randn(n_taxa, token_hidden) * 0.02)
         self.dec = nn.Sequential(nn.Linear(latent_dim, token_hidden), nn.SiLU(), nn.Linear(token_hidden, token_hidden), nn.SiLU(), nn.Linear(token_hidden, 1))
 
+    @classmethod
+    def from_config(cls, n_taxa: int, cfg) -> "TokenVAE":
+        """The VAE a ModelConfig describes: the one place its fields reach the constructor (the model, the cached
+        VAE phase and the encoder bench all build it here, so a new VAE field cannot reach one and miss another)."""
+        return cls(n_taxa, cfg.latent_dim, cfg.vae_hidden, readout=cfg.vae_readout)
+
     def encode(self, x: torch.Tensor, m: torch.Tensor, ctx_m: torch.Tensor | None = None,
                cols: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, D) values (read only where m) and flags -> mean, log-variance (B, D, k), or (B, len(cols), k).

@@ -150,7 +150,7 @@ def train_vae_entry(cfg: ModelConfig, Y_view: np.ndarray, observed: np.ndarray, 
     """
     t0 = time.perf_counter()
     seed_all(cfg.seed)
-    vae = TokenVAE(Y_view.shape[1], cfg.latent_dim, cfg.vae_hidden, readout=cfg.vae_readout)
+    vae = TokenVAE.from_config(Y_view.shape[1], cfg)
     rng = np.random.default_rng(cfg.seed)
     cpu = torch.device("cpu")
     losses = {}

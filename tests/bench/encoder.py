@@ -34,9 +34,8 @@ SETS = ("stad", "coad", "hnsc")
 M = "pcc_per_microbe"
 
 
-def encoder_estimate(state: dict, latent_dim: int, hidden: int, Y: np.ndarray, observed: np.ndarray,
-                     readout: bool = False) -> np.ndarray:
-    vae = TokenVAE(Y.shape[1], latent_dim, hidden, readout=readout)
+def encoder_estimate(state: dict, cfg, Y: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    vae = TokenVAE.from_config(Y.shape[1], cfg)
     vae.load_state_dict(state)
     vae.eval()
     with torch.no_grad():
@@ -66,7 +65,7 @@ def main() -> None:
         view, obs = training_view(Y, split), split.observed
         t0 = time.perf_counter()
         entry = train_vae_entry(cfg, view, obs, others if cfg.vae_pretrain else [])
-        filled = encoder_estimate(entry.state, cfg.latent_dim, cfg.vae_hidden, view, obs, cfg.vae_readout)
+        filled = encoder_estimate(entry.state, cfg, view, obs)
         rows.append({"variant": name, "overrides": overrides, "val": round(evaluate(Y, filled, split.val)[M], 4),
                      "test": round(evaluate(Y, filled, split.test)[M], 4), "seconds": round(time.perf_counter() - t0, 1)})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
