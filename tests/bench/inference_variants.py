@@ -1,12 +1,13 @@
 """Ways to read one fitted model, side by side (docs/model-log.md section 10): the DAT's mean estimate,
 its encoder, the two blended (`(1 - w) * DAT + w * encoder`: the DAT's correction shrunk toward its floor),
 1 or 4 AR steps, the mean of 8 passes that each hide another random share of the observed nonzero
-entries (test-time re-masking), and further DATs of other seeds on the same VAE with their mean.
+entries (test-time re-masking), and further DATs of other seeds on the same VAE (or, with --own-vae,
+whole models of other seeds on the same split) with their mean.
 
 Every variant reuses one fit, so their differences are the read-out alone; softimpute on the same masks
 is the bar. Prints one JSON object (validation, test pcc_per_microbe per variant); rows go to stderr.
 
-    python tests/bench/inference_variants.py --data coad [--seed 0] [--members 2] [--set key=value ...]
+    python tests/bench/inference_variants.py --data coad [--seed 0] [--members 2 [--own-vae]] [--set key=value ...]
         [--config studies/configs/small.yaml] [--vae-cache .depmicro_cache]
 """
 from __future__ import annotations
@@ -41,12 +42,13 @@ def main() -> None:
     ap.add_argument("--config", default=str(ROOT / "studies" / "configs" / "small.yaml"))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--members", type=int, default=1, help="DATs of seeds seed, seed + 1000, ... on the one VAE")
+    ap.add_argument("--own-vae", action="store_true", help="each further member trains its own VAE (its seed's), not the first one's")
     ap.add_argument("--vae-cache", default=str(ROOT / ".depmicro_cache"))
     a = ap.parse_args()
     meta = TCMA / f"{a.data}_metadata.tsv"
     ds = load_dataset(TCMA / f"{a.data}.h5ad", metadata=meta if meta.exists() else None)
-    others = [load_dataset(TCMA / f"{s}.h5ad").normalized for s in SETS if s != a.data]
     pretrain = [load_dataset(TCMA / f"{s}.h5ad") for s in SETS if s != a.data]
+    others = [p.normalized for p in pretrain]  # what the VAE phase and its cache key read
     cfg = load_config(a.config, [*a.set, f"seed={a.seed}"])
     Y = ds.normalized
     split = make_split(Y, seed=a.seed, test_ratio=cfg.test_ratio, val_ratio=cfg.val_ratio)
@@ -62,9 +64,12 @@ def main() -> None:
     entry, out["vae_source"] = cached_vae_entry(cfg, view, obs, others, cache_dir=a.vae_cache)
     fills = []
     for k in range(a.members):
-        c = dataclasses.replace(cfg, seed=a.seed + 1000 * k)  # another DAT seed, handed the same VAE
+        c = dataclasses.replace(cfg, seed=a.seed + 1000 * k)  # another DAT seed, handed the same VAE (or its own)
         t = time.perf_counter()
-        res = fit(c, ds, split, pretrain=pretrain, vae_entries={vae_cache_key(c, view, obs, others): entry})
+        if a.own_vae and k > 0:
+            res = fit(c, ds, split, pretrain=pretrain, vae_cache_dir=a.vae_cache)
+        else:
+            res = fit(c, ds, split, pretrain=pretrain, vae_entries={vae_cache_key(c, view, obs, others): entry})
         imp = res.imputer
         F = imp.impute(view, obs, md)
         fills.append(F)
