@@ -30,6 +30,10 @@ class ModelConfig:
     vae_visible_weight: float = 1.0  # loss weight of the entries the encoder saw, against 1 for the re-masked ones it
                                      # must predict (Eq. 6 weighs all alike: 1.0); below 1 the VAE trains as an imputer
     vae_readout: bool = False      # a per-microbe linear readout of the shared context into each token (see TokenVAE)
+    vae_factor_rank: int = 0       # r > 0: each token also reads its microbe's ridge low-rank prediction from the
+                                   # entries the encoder sees (TokenVAE.factor_predict); 0: off, the VAE as before
+    vae_factor_init: str = "random"  # random: the factors are learned with the VAE | pca: fixed to the training view's
+                                     # principal components (a Gaussian conditional mean: a classical prior, reported apart)
     vae_token_sample: int = 256    # microbes per VAE step whose tokens enter the loss (one random subset per batch, loss
                                    # rescaled to all D); 0 or >= D: all of them, exactly as before (no random draw)
     freeze_vae: bool = True        # keep the VAE fixed while the DAT learns (latent diffusion practice)
@@ -116,12 +120,13 @@ _CHOICES = {
     "protocol": PROTOCOLS,
     "estimate": ("mean", "median", "sample"),
     "lr_schedule": ("constant", "cosine"),
+    "vae_factor_init": ("random", "pca"),
 }
 _POSITIVE = ("latent_dim", "vae_hidden", "hidden_dim", "n_layers", "n_heads", "timesteps", "sampling_fraction",
              "infer_ar_steps", "n_impute_samples", "epochs", "batch_size", "val_every", "mlp_ratio", "lr", "vae_lr")
 _NONNEG = ("attn_block", "snr_floor", "min_snr", "vae_beta", "vae_epochs", "dropout", "f_threshold", "mi_threshold", "weight_decay", "grad_clip", "seed",
            "patience", "sampler_eta", "train_steps", "warmup_steps", "x0_loss", "x0_value_loss",
-           "vae_token_sample", "vae_visible_weight")
+           "vae_token_sample", "vae_visible_weight", "vae_factor_rank")
 
 
 def _check(cfg: ModelConfig) -> ModelConfig:

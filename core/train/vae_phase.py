@@ -40,7 +40,8 @@ FORMAT = "depmicro-vae/1"
 # what the VAE phase reads from the config (train_vae_entry below: the VAE init draws from torch.manual_seed(seed),
 # then train_vae reads the rest); vae_pretrain enters the key through the pretraining matrices it lets in
 VAE_FIELDS = ("latent_dim", "vae_hidden", "vae_beta", "vae_epochs", "vae_lr", "batch_size", "train_mask_ratio", "seed",
-              "vae_token_sample", "vae_visible_weight", "vae_readout")
+              "vae_token_sample", "vae_visible_weight", "vae_readout",
+              "vae_factor_rank", "vae_factor_init")
 
 
 @dataclass
@@ -151,6 +152,8 @@ def train_vae_entry(cfg: ModelConfig, Y_view: np.ndarray, observed: np.ndarray, 
     t0 = time.perf_counter()
     seed_all(cfg.seed)
     vae = TokenVAE.from_config(Y_view.shape[1], cfg)
+    if cfg.vae_factor_rank and cfg.vae_factor_init == "pca":
+        vae.fix_factors_to_pca(Y_view, observed)
     rng = np.random.default_rng(cfg.seed)
     cpu = torch.device("cpu")
     losses = {}

@@ -45,6 +45,15 @@ def encoder_estimate(state: dict, cfg, Y: np.ndarray, observed: np.ndarray) -> n
     return np.where(observed, Y, out)
 
 
+def factor_estimate(state: dict, cfg, Y: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    vae = TokenVAE.from_config(Y.shape[1], cfg)
+    vae.load_state_dict(state)
+    with torch.no_grad():
+        y = torch.as_tensor(np.where(observed, Y, 0.0), dtype=torch.float32)
+        out = vae.factor_predict(y, torch.as_tensor(observed)).clamp(min=0).numpy().astype(np.float64)
+    return np.where(observed, Y, out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="coad", choices=SETS)
@@ -68,6 +77,9 @@ def main() -> None:
         filled = encoder_estimate(entry.state, cfg, view, obs)
         rows.append({"variant": name, "overrides": overrides, "val": round(evaluate(Y, filled, split.val)[M], 4),
                      "test": round(evaluate(Y, filled, split.test)[M], 4), "seconds": round(time.perf_counter() - t0, 1)})
+        if cfg.vae_factor_rank:  # the factor model's own ridge prediction, what the tokens read beside their values
+            lin = factor_estimate(entry.state, cfg, view, obs)
+            rows[-1].update(factor_val=round(evaluate(Y, lin, split.val)[M], 4), factor_test=round(evaluate(Y, lin, split.test)[M], 4))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     split = split or make_split(Y, seed=args.seed)
     for method in args.baselines:

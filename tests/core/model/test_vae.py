@@ -127,3 +127,76 @@ def test_readout_makes_a_better_imputer_on_planted_dependencies():
             scores.append(evaluate(Y, np.where(obs, view, out), split.test)["pcc_per_microbe"])
         gains.append(scores[1] - scores[0])
     assert np.mean(gains) > 0.02 and min(gains) > -0.01, gains
+
+
+def test_factor_prediction_is_each_profiles_ridge_projection():
+    """vae_factor_rank: the prediction a token reads is the ridge fit of the learned factors to the entries in the
+    mask, u = (V_m' V_m + lambda I)^-1 V_m' (x_m - b), read out as V u + b; checked against numpy row by row."""
+    torch.manual_seed(0)
+    vae = TokenVAE(20, latent_dim=3, hidden=16, token_hidden=8, factor_rank=5)
+    with torch.no_grad():
+        vae.factor_bias.copy_(torch.randn(20))
+        vae.factor_log_ridge.fill_(-1.0)
+    x, m = _batch(20, B=6)
+    got = vae.factor_predict(x, m).detach().numpy()
+    V, b, lam = vae.factor.detach().double().numpy(), vae.factor_bias.detach().double().numpy(), np.exp(-1.0)
+    for i in range(6):
+        o = m[i].numpy()
+        u = np.linalg.solve(V[o].T @ V[o] + lam * np.eye(5), V[o].T @ (x[i].numpy()[o] - b[o]))
+        np.testing.assert_allclose(got[i], V @ u + b, rtol=1e-4, atol=1e-5)
+    # an entry outside the mask does not move the prediction; one inside does
+    x2 = x.clone()
+    x2[0, ~m[0]] += 5.0
+    assert torch.allclose(vae.factor_predict(x2, m), vae.factor_predict(x, m))
+    x2[0, m[0].nonzero()[0, 0]] += 5.0
+    assert not torch.allclose(vae.factor_predict(x2, m)[0], vae.factor_predict(x, m)[0])
+
+
+def test_pca_factors_stay_fixed_and_predict_a_low_rank_table():
+    """vae_factor_init: pca sets the factors from the training view and freezes them through training; on a
+    rank-3 table with 30 % of the entries hidden, their prediction of the hidden entries beats the column means."""
+    g = np.random.default_rng(0)
+    Y = (g.normal(size=(200, 3)) @ g.normal(size=(3, 25)) + 3.0).astype(np.float32)
+    obs = g.random(Y.shape) > 0.3
+    torch.manual_seed(0)
+    vae = TokenVAE(25, latent_dim=2, hidden=16, token_hidden=8, factor_rank=6)
+    vae.fix_factors_to_pca(np.where(obs, Y, np.nan), obs)
+    before = {k: v.clone() for k, v in vae.state_dict().items() if k.startswith("factor")}
+    train_vae(vae, [(Y, obs)], epochs=2, lr=1e-2, beta=0.0, batch_size=32, mask_ratio=0.2,
+              rng=np.random.default_rng(0), device=torch.device("cpu"))
+    assert all(torch.equal(v, vae.state_dict()[k]) for k, v in before.items())
+    with torch.no_grad():
+        p = vae.factor_predict(torch.as_tensor(np.where(obs, Y, 0.0).astype(np.float32)), torch.as_tensor(obs)).numpy()
+    col_mean = np.nanmean(np.where(obs, Y, np.nan), axis=0)
+    err_pca = np.mean((p - Y)[~obs] ** 2)
+    err_mean = np.mean((np.broadcast_to(col_mean, Y.shape) - Y)[~obs] ** 2)
+    assert err_pca < 0.2 * err_mean, (err_pca, err_mean)
+
+
+def test_learned_factors_make_a_better_imputer_on_planted_dependencies():
+    """vae_factor_rank: each token also reads its microbe's ridge low-rank prediction from the visible entries, which a
+    pooled MLP context only approximates. Encoder alone, 300 x 30 synthetic (the quickstart's shape), Eq. 6 as
+    written (visible weight 1), rank 8: held-out pcc_per_microbe on seeds 0-2 0.168 / 0.196 / 0.238 without, 0.306 /
+    0.321 / 0.380 with (measured). The factors start random and need the training to become useful: at 60 epochs with
+    16-wide tokens the same comparison showed no gain. Asserts a gain above 0.05 on every seed."""
+    from depmicro.core.data.evaluation import evaluate, make_split, training_view
+    from depmicro.core.data.synthetic import make_synthetic
+
+    gains = []
+    for seed in (0, 1, 2):
+        ds, _ = make_synthetic(300, 30, seed=seed)
+        Y = ds.normalized
+        split = make_split(Y, seed=seed, test_ratio=0.2, val_ratio=0.0)
+        view, obs = training_view(Y, split), split.observed
+        scores = []
+        for rank in (0, 8):
+            torch.manual_seed(0)
+            vae = TokenVAE(30, latent_dim=4, hidden=128, factor_rank=rank)
+            train_vae(vae, [(view, obs)], epochs=100, lr=2e-3, beta=0.001, batch_size=64, mask_ratio=0.2,
+                      rng=np.random.default_rng(0), device=torch.device("cpu"))
+            with torch.no_grad():
+                y, m = torch.as_tensor(np.where(obs, view, 0.0), dtype=torch.float32), torch.as_tensor(obs)
+                out = vae.decode(vae.encode(y * m.float(), m)[0]).numpy().astype(float)
+            scores.append(evaluate(Y, np.where(obs, view, out), split.test)["pcc_per_microbe"])
+        gains.append(scores[1] - scores[0])
+    assert min(gains) > 0.05, gains
