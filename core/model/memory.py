@@ -61,8 +61,8 @@ def row_bytes(cfg, n_taxa: int, n_noisy: int, train: bool) -> int:
         noisy = n_blocks * s_blk * (2 + b + s_blk)
     masks = n_blocks * b * (b + 2) + noisy
     scores = cfg.n_heads * masks * (2 * layers if train else 2)
-    # VAE encodings (frozen, no grad), latents, noise, per-token inputs
-    side = D * (32 * 3 + 8 * cfg.latent_dim) + D * H * 2
+    # VAE encodings (frozen, no grad), latents, noise, per-token inputs; the factor layer's (D, r) products
+    side = D * (32 * 3 + 8 * cfg.latent_dim) + D * H * 2 + 2 * D * cfg.vae_factor_rank
     floats = (act if train else act / layers) + masks + scores + side
     return int(SAFETY * 4 * floats)
 

@@ -49,8 +49,8 @@ class TokenVAE(nn.Module):
         their standard deviations, and freeze them: factor_predict is then the Gaussian conditional mean under that
         covariance. A classical estimate, so an option reported apart from the learned factors (the ridge 0.003 was
         the better of 0.003 and 0.01 on the three TCMA sets' seed-0 validation masks)."""
-        X = np.where(observed, np.nan_to_num(Y), np.nan)
-        mean = np.nan_to_num(np.nanmean(X, axis=0))
+        X = np.where(observed, np.nan_to_num(Y), 0.0)
+        mean = X.sum(0) / np.maximum(observed.sum(0), 1)  # a column with nothing observed gets 0, without a warning
         F = np.where(observed, X, mean) - mean
         _, s, vt = np.linalg.svd(F, full_matrices=False)
         r = min(self.factor.shape[1], len(s))

@@ -145,15 +145,17 @@ def test_ar_causality():
     assert not allow[np.ix_(rows, later_cols)].any()
 
 
-@pytest.mark.parametrize("sampling,eta,n,estimate,readout", [("fractional", 0.0, 1, "sample", False),
-                                                             ("adaptive", 1.0, 3, "median", False),
-                                                             ("adaptive", 1.0, 3, "mean", True)])
-def test_save_load_impute_round_trip(tmp_path, sampling, eta, n, estimate, readout):
+@pytest.mark.parametrize("sampling,eta,n,estimate,readout,factors", [("fractional", 0.0, 1, "sample", False, 0),
+                                                                     ("adaptive", 1.0, 3, "median", False, 0),
+                                                                     ("adaptive", 1.0, 3, "mean", True, 4)])
+def test_save_load_impute_round_trip(tmp_path, sampling, eta, n, estimate, readout, factors):
     Y = Dataset(counts=small_counts(), obs_names=[], var_names=[]).normalized
     obs = make_split(Y, seed=2).observed
     imp = DepMicroDiffImputer(cfg_of(sampling=sampling, sampler_eta=eta, n_impute_samples=n, sampling_fraction=10, estimate=estimate,
-                                     vae_readout=readout), Y.shape[1], [f"t{j}" for j in range(Y.shape[1])]).fit(Y, obs)
+                                     vae_readout=readout, vae_factor_rank=factors), Y.shape[1],
+                              [f"t{j}" for j in range(Y.shape[1])]).fit(Y, obs)
     assert ("vae.readout" in imp.net.state_dict()) == readout
+    assert ("vae.factor" in imp.net.state_dict()) == bool(factors)
     a = imp.impute(Y, obs)
     save_model(imp, tmp_path / "m")
     names = sorted(p.name for p in (tmp_path / "m").iterdir())
