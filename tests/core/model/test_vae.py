@@ -51,6 +51,26 @@ def _train(D: int, token_sample: int) -> tuple[dict, list[float]]:
     return {k: v.clone() for k, v in vae.state_dict().items()}, losses
 
 
+def _encoder_pcc(D: int, seed: int, *, epochs: int, beta: float, batch_size: int, visible_weight: float = 1.0,
+                 **vae_kw) -> float:
+    """Held-out pcc_per_microbe of the encoder alone (encode -> decode of what it sees), trained on the training view
+    of a 300 x D synthetic table with planted dependencies (seed: the table, its split and nothing else)."""
+    from depmicro.core.data.evaluation import evaluate, make_split, training_view
+    from depmicro.core.data.synthetic import make_synthetic
+
+    Y = make_synthetic(300, D, seed=seed)[0].normalized
+    split = make_split(Y, seed=seed, test_ratio=0.2, val_ratio=0.0)
+    view, obs = training_view(Y, split), split.observed
+    torch.manual_seed(0)
+    vae = TokenVAE(D, latent_dim=4, **vae_kw)
+    train_vae(vae, [(view, obs)], epochs=epochs, lr=2e-3, beta=beta, batch_size=batch_size, mask_ratio=0.2,
+              rng=np.random.default_rng(0), device=torch.device("cpu"), visible_weight=visible_weight)
+    with torch.no_grad():
+        y, m = torch.as_tensor(np.where(obs, view, 0.0), dtype=torch.float32), torch.as_tensor(obs)
+        out = vae.decode(vae.encode(y * m.float(), m)[0]).numpy().astype(float)
+    return evaluate(Y, np.where(obs, view, out), split.test)["pcc_per_microbe"]
+
+
 def test_narrow_table_trains_exactly_as_without_sampling():
     a, la = _train(30, token_sample=0)
     b, lb = _train(30, token_sample=256)
@@ -64,23 +84,8 @@ def test_weighing_down_visible_entries_makes_a_better_imputer():
     saw at weight 0.1 predicts held-out entries better than at weight 1 (Eq. 6 as written), where most of
     the loss is reconstructing visible values from themselves. Measured on seeds 0-2, with and without
     modules: +0.04 to +0.08 pcc_per_microbe; this asserts +0.03 on seed 0 (0.197 -> 0.275)."""
-    from depmicro.core.data.evaluation import evaluate, make_split, training_view
-    from depmicro.core.data.synthetic import make_synthetic
-
-    ds, _ = make_synthetic(300, 30, seed=0)
-    Y = ds.normalized
-    split = make_split(Y, seed=0, test_ratio=0.2, val_ratio=0.0)
-    view, obs = training_view(Y, split), split.observed
-    scores = {}
-    for w in (1.0, 0.1):
-        torch.manual_seed(0)
-        vae = TokenVAE(30, latent_dim=4, hidden=64, token_hidden=16)
-        train_vae(vae, [(view, obs)], epochs=60, lr=2e-3, beta=0.0, batch_size=32, mask_ratio=0.2,
-                  rng=np.random.default_rng(0), device=torch.device("cpu"), visible_weight=w)
-        with torch.no_grad():
-            y, m = torch.as_tensor(np.where(obs, view, 0.0), dtype=torch.float32), torch.as_tensor(obs)
-            out = vae.decode(vae.encode(y * m.float(), m)[0]).numpy().astype(float)
-        scores[w] = evaluate(Y, np.where(obs, view, out), split.test)["pcc_per_microbe"]
+    scores = {w: _encoder_pcc(30, 0, epochs=60, beta=0.0, batch_size=32, visible_weight=w, hidden=64, token_hidden=16)
+              for w in (1.0, 0.1)}
     assert scores[0.1] > scores[1.0] + 0.03, scores
 
 
@@ -106,26 +111,8 @@ def test_readout_makes_a_better_imputer_on_planted_dependencies():
     Encoder alone, 300 x 60 synthetic, seeds 0-2, visible weight 0.1: held-out pcc_per_microbe 0.304 / 0.234 /
     0.206 without, 0.322 / 0.258 / 0.292 with (measured; 300 x 30 gave +0.006 / +0.033 / +0.042). Asserts a mean
     gain above 0.02 (measured 0.043) and no seed worse by more than 0.01."""
-    from depmicro.core.data.evaluation import evaluate, make_split, training_view
-    from depmicro.core.data.synthetic import make_synthetic
-
-    gains = []
-    for seed in (0, 1, 2):
-        ds, _ = make_synthetic(300, 60, seed=seed)
-        Y = ds.normalized
-        split = make_split(Y, seed=seed, test_ratio=0.2, val_ratio=0.0)
-        view, obs = training_view(Y, split), split.observed
-        scores = []
-        for readout in (False, True):
-            torch.manual_seed(0)
-            vae = TokenVAE(60, latent_dim=4, hidden=64, token_hidden=16, readout=readout)
-            train_vae(vae, [(view, obs)], epochs=60, lr=2e-3, beta=0.0, batch_size=32, mask_ratio=0.2,
-                      rng=np.random.default_rng(0), device=torch.device("cpu"), visible_weight=0.1)
-            with torch.no_grad():
-                y, m = torch.as_tensor(np.where(obs, view, 0.0), dtype=torch.float32), torch.as_tensor(obs)
-                out = vae.decode(vae.encode(y * m.float(), m)[0]).numpy().astype(float)
-            scores.append(evaluate(Y, np.where(obs, view, out), split.test)["pcc_per_microbe"])
-        gains.append(scores[1] - scores[0])
+    kw = dict(epochs=60, beta=0.0, batch_size=32, visible_weight=0.1, hidden=64, token_hidden=16)
+    gains = [_encoder_pcc(60, seed, readout=True, **kw) - _encoder_pcc(60, seed, readout=False, **kw) for seed in (0, 1, 2)]
     assert np.mean(gains) > 0.02 and min(gains) > -0.01, gains
 
 
@@ -179,24 +166,6 @@ def test_learned_factors_make_a_better_imputer_on_planted_dependencies():
     written (visible weight 1), rank 8: held-out pcc_per_microbe on seeds 0-2 0.168 / 0.196 / 0.238 without, 0.306 /
     0.321 / 0.380 with (measured). The factors start random and need the training to become useful: at 60 epochs with
     16-wide tokens the same comparison showed no gain. Asserts a gain above 0.05 on every seed."""
-    from depmicro.core.data.evaluation import evaluate, make_split, training_view
-    from depmicro.core.data.synthetic import make_synthetic
-
-    gains = []
-    for seed in (0, 1, 2):
-        ds, _ = make_synthetic(300, 30, seed=seed)
-        Y = ds.normalized
-        split = make_split(Y, seed=seed, test_ratio=0.2, val_ratio=0.0)
-        view, obs = training_view(Y, split), split.observed
-        scores = []
-        for rank in (0, 8):
-            torch.manual_seed(0)
-            vae = TokenVAE(30, latent_dim=4, hidden=128, factor_rank=rank)
-            train_vae(vae, [(view, obs)], epochs=100, lr=2e-3, beta=0.001, batch_size=64, mask_ratio=0.2,
-                      rng=np.random.default_rng(0), device=torch.device("cpu"))
-            with torch.no_grad():
-                y, m = torch.as_tensor(np.where(obs, view, 0.0), dtype=torch.float32), torch.as_tensor(obs)
-                out = vae.decode(vae.encode(y * m.float(), m)[0]).numpy().astype(float)
-            scores.append(evaluate(Y, np.where(obs, view, out), split.test)["pcc_per_microbe"])
-        gains.append(scores[1] - scores[0])
+    kw = dict(epochs=100, beta=0.001, batch_size=64, hidden=128)
+    gains = [_encoder_pcc(30, seed, factor_rank=8, **kw) - _encoder_pcc(30, seed, factor_rank=0, **kw) for seed in (0, 1, 2)]
     assert min(gains) > 0.05, gains
