@@ -16,6 +16,8 @@ Ray, own MLflow db), timed end to end, driver start-up included (what a user wai
   draws and `summary` sums over them. `rank_agreement_by_epoch` (per draw, from the no-stopping run):
   the Spearman correlation between each epoch's score and the trial's best, i.e. how well a rung at that
   epoch would order the trials; a grace period below where it is high stops trials on noise.
+  `halving_replay` (per draw, from the same curves): synchronous successive halving replayed for a grid of grace
+  periods and reduction factors, the fraction of trial-epochs each spends and whether it reaches the target.
 - `--base`, `--space`, `--grace-period`, `--reduction-factor` change the workload and the scheduler, so a
   grace period can be calibrated on one draw and scored on others.
 
@@ -42,6 +44,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "studies" / "quickstart.yaml"
 VARIANTS = {"c2_fifo": (2, False), "c1_fifo": (1, False), "c2_asha": (2, True)}
+REPLAY_GRID = [(g, rf) for g in (1, 2, 3, 4, 6) for rf in (2, 3, 4)]
 
 
 def _spec(directory: Path, concurrent: int, asha: bool, epochs: int | None, num_samples: int | None,
@@ -205,6 +208,29 @@ def rank_agreement(events: list[tuple[str, int, float]]) -> dict[int, float]:
             if wide[e].notna().sum() == len(best)}
 
 
+def halving_replay(events: list[tuple[str, int, float]], grace: int, rf: int, tolerance: float) -> dict:
+    """Synchronous successive halving replayed on a no-stopping run's curves: at each rung (grace, grace*rf, ...)
+    the best 1/rf of the trials by that epoch's score go on. A cheap stand-in for ASHA (which promotes
+    asynchronously, so it spends somewhat more), to ask of the curves already measured whether any grace period
+    and reduction factor could reach the target, before paying for ASHA runs."""
+    curves: dict[str, dict[int, float]] = {}
+    for r, e, v in events:
+        curves.setdefault(r, {})[e] = v
+    max_t = max(max(c) for c in curves.values())
+    alive, lo, hi, spent, seen = list(curves), 0, grace, 0, []
+    while True:
+        top = min(hi, max_t)
+        seen += [v for r in alive for e, v in curves[r].items() if lo < e <= top]
+        spent += len(alive) * (top - lo)
+        if top >= max_t:
+            break
+        alive = sorted(alive, key=lambda r: -curves[r].get(top, float("-inf")))[:max(1, len(alive) // rf)]
+        lo, hi = top, top * rf
+    best = max(v for *_, v in events)
+    return {"spent": round(spent / sum(len(c) for c in curves.values()), 3),
+            "reached": max(seen) >= best - tolerance, "short_by": round(best - max(seen), 4)}
+
+
 def _early_stopping(fifo: dict, asha: dict, tolerance: float) -> dict:
     """One draw: epochs to within `tolerance` of the no-stopping best, and the trial-epochs spent."""
     ref = [(0, r, e, v) for r, e, v in fifo["val_events"]]
@@ -232,6 +258,9 @@ def summarize(variants: dict, tolerance: float, seeds: list | None = None) -> di
             draws.append({"search_seed": seed, **_early_stopping(fifo, asha, tolerance)})
         if "val_events" in fifo:
             out.setdefault("rank_agreement_by_epoch", {})[str(seed)] = rank_agreement(fifo["val_events"])
+            for g, rf in REPLAY_GRID:
+                out.setdefault("halving_replay", {}).setdefault(f"grace {g} rf {rf}", {})[str(seed)] = \
+                    halving_replay(fifo["val_events"], g, rf, tolerance)
     if draws:
         reached = [d for d in draws if d["asha_epochs_to_target"] is not None]
         f_n = sum(d["fifo_epochs_to_target"] for d in draws)
