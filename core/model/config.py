@@ -34,6 +34,8 @@ class ModelConfig:
                                    # entries the encoder sees (TokenVAE.factor_predict); 0: off, the VAE as before
     vae_factor_init: str = "random"  # random: the factors are learned with the VAE | pca: fixed to the training view's
                                      # principal components (a Gaussian conditional mean: a classical prior, reported apart)
+    vae_factor_visible_weight: float = 0.0  # weight of the factor model's regression on the entries it was fitted to,
+                                            # beside 1 for the hidden ones; 0: hidden entries only, as before
     vae_token_sample: int = 256    # microbes per VAE step whose tokens enter the loss (one random subset per batch, loss
                                    # rescaled to all D); 0 or >= D: all of them, exactly as before (no random draw)
     freeze_vae: bool = True        # keep the VAE fixed while the DAT learns (latent diffusion practice)
@@ -126,7 +128,8 @@ _POSITIVE = ("latent_dim", "vae_hidden", "hidden_dim", "n_layers", "n_heads", "t
              "infer_ar_steps", "n_impute_samples", "epochs", "batch_size", "val_every", "mlp_ratio", "lr", "vae_lr")
 _NONNEG = ("attn_block", "snr_floor", "min_snr", "vae_beta", "vae_epochs", "dropout", "f_threshold", "mi_threshold", "weight_decay", "grad_clip", "seed",
            "patience", "sampler_eta", "train_steps", "warmup_steps", "x0_loss", "x0_value_loss",
-           "vae_token_sample", "vae_visible_weight", "vae_factor_rank")
+           "vae_token_sample", "vae_visible_weight", "vae_factor_rank",
+           "vae_factor_visible_weight")
 
 
 def _check(cfg: ModelConfig) -> ModelConfig:

@@ -108,7 +108,7 @@ class TokenVAE(nn.Module):
         return h.squeeze(-1)
 
     def loss(self, x: torch.Tensor, m_in: torch.Tensor, m_loss: torch.Tensor, beta: float,
-             cols: torch.Tensor | None = None) -> torch.Tensor:
+             cols: torch.Tensor | None = None, factor_visible_weight: float = 0.0) -> torch.Tensor:
         """Eq. 6-8 per sample: squared error on the observed entries (`m_loss`: a mask, or per-entry weights)
         + beta * KL, averaged over the batch.
 
@@ -123,9 +123,13 @@ class TokenVAE(nn.Module):
         recon = ((self.decode(z, cols) - xs) ** 2 * ms.float()).sum(-1)
         kl = -0.5 * (1 + logvar - mu**2 - logvar.exp()).sum((-1, -2))
         loss = scale * (recon + beta * kl)
-        if self.factor is not None:  # the factor model's own regression, on the entries hidden from it only (all D)
-            hidden = (m_loss.float() > 0) & ~m_in.bool()
-            loss = loss + ((self.factor_predict(x, m_in) - x) ** 2 * hidden.float()).sum(-1)
+        if self.factor is not None:  # the factor model's own regression, on the entries hidden from it (all D), and at
+            # factor_visible_weight on those it was fitted to: that term asks the factors to span the profiles, as
+            # principal axes do, not only to predict the hidden entries (docs/model-log.md section 12)
+            w = ((m_loss.float() > 0) & ~m_in.bool()).float()
+            if factor_visible_weight:
+                w = w + factor_visible_weight * m_in.float()
+            loss = loss + ((self.factor_predict(x, m_in) - x) ** 2 * w).sum(-1)
         return loss.mean()
 
 
@@ -140,7 +144,7 @@ def corrupt(m: np.ndarray, Y: np.ndarray, ratio: float, rng: np.random.Generator
 
 def train_vae(vae: TokenVAE, sets: Sequence[tuple[np.ndarray, np.ndarray]], *, epochs: int, lr: float, beta: float,
               batch_size: int, mask_ratio: float, rng: np.random.Generator, device: torch.device,
-              token_sample: int = 0, visible_weight: float = 1.0) -> list[float]:
+              token_sample: int = 0, visible_weight: float = 1.0, factor_visible_weight: float = 0.0) -> list[float]:
     """Fit the VAE on (Y, observed) pairs; the encoder input is randomly corrupted so it learns to
     encode profiles with entries missing, and the loss covers every observed entry (in expectation,
     when `token_sample` < D draws one subset of microbes per batch; at or above D, or 0, nothing is
@@ -171,7 +175,7 @@ def train_vae(vae: TokenVAE, sets: Sequence[tuple[np.ndarray, np.ndarray]], *, e
             cols = None
             if 0 < token_sample < vae.D:
                 cols = torch.from_numpy(np.sort(rng.choice(vae.D, token_sample, replace=False))).to(device)
-            loss = vae.loss(yt, mi, mt, beta, cols)
+            loss = vae.loss(yt, mi, mt, beta, cols, factor_visible_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(vae.parameters(), 1.0)

@@ -41,7 +41,7 @@ FORMAT = "depmicro-vae/1"
 # then train_vae reads the rest); vae_pretrain enters the key through the pretraining matrices it lets in
 VAE_FIELDS = ("latent_dim", "vae_hidden", "vae_beta", "vae_epochs", "vae_lr", "batch_size", "train_mask_ratio", "seed",
               "vae_token_sample", "vae_visible_weight", "vae_readout",
-              "vae_factor_rank", "vae_factor_init")
+              "vae_factor_rank", "vae_factor_init", "vae_factor_visible_weight")
 
 
 @dataclass
@@ -159,7 +159,7 @@ def train_vae_entry(cfg: ModelConfig, Y_view: np.ndarray, observed: np.ndarray, 
     losses = {}
     opts = dict(epochs=cfg.vae_epochs, lr=cfg.vae_lr, beta=cfg.vae_beta, batch_size=cfg.batch_size,
                 mask_ratio=cfg.train_mask_ratio, rng=rng, device=cpu, token_sample=cfg.vae_token_sample,
-                visible_weight=cfg.vae_visible_weight)
+                visible_weight=cfg.vae_visible_weight, factor_visible_weight=cfg.vae_factor_visible_weight)
     if cfg.vae_pretrain and len(pretrain):
         losses["vae_pretrain_loss"] = train_vae(vae, [(P, np.ones_like(P, dtype=bool)) for P in pretrain], **opts)[-1:]
     losses["vae_loss"] = train_vae(vae, [(Y_view, observed)], **opts)[-1:]

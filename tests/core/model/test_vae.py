@@ -116,6 +116,22 @@ def test_readout_makes_a_better_imputer_on_planted_dependencies():
     assert np.mean(gains) > 0.02 and min(gains) > -0.01, gains
 
 
+def test_factor_visible_weight_adds_the_regression_on_the_fitted_entries():
+    """vae_factor_visible_weight w: the loss gains w times the factor prediction's squared error on the entries the
+    encoder saw (summed per profile, averaged over the batch); at 0 the loss is the one before."""
+    torch.manual_seed(0)
+    vae = TokenVAE(20, latent_dim=3, hidden=16, token_hidden=8, factor_rank=4)
+    x, m = _batch(20, B=6)
+    m_in = m & torch.from_numpy(np.random.default_rng(1).random((6, 20)) < 0.7)
+    losses = {}
+    for w in (0.0, 0.5):
+        torch.manual_seed(3)  # the same reparameterisation noise for both
+        losses[w] = vae.loss(x, m_in, m, 0.01, factor_visible_weight=w)
+    term = ((vae.factor_predict(x, m_in) - x) ** 2 * m_in.float()).sum(-1).mean()
+    assert term > 0.01
+    assert torch.allclose(losses[0.5] - losses[0.0], 0.5 * term, rtol=1e-5, atol=1e-6)
+
+
 def test_factor_prediction_is_each_profiles_ridge_projection():
     """vae_factor_rank: the prediction a token reads is the ridge fit of the learned factors to the entries in the
     mask, u = (V_m' V_m + lambda I)^-1 V_m' (x_m - b), read out as V u + b; checked against numpy row by row."""
