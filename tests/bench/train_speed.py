@@ -59,12 +59,13 @@ def main() -> None:
     sec = time.perf_counter() - t0
     out = {"benchmark": "DAT training steps per second", "data": args.data, "batch_size": cfg.batch_size,
            "steps": n_batches * args.epochs, "seconds": round(sec, 2), "steps_per_second": round(n_batches * args.epochs / sec, 2),
-           "torch_threads": torch.get_num_threads(), "load_average_1min": round(os.getloadavg()[0], 2),
+           "torch_threads": torch.get_num_threads(), "device": str(trainer.acc.device), "load_average_1min": round(os.getloadavg()[0], 2),
            "commit": os.popen(f"git -C {ROOT} rev-parse --short HEAD").read().strip()}
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        gpu = torch.cuda.is_available()  # on a GPU the table also has each op's kernel time
+        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])) as prof:
             trainer.epoch()
         out["profile"] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
     # the per-step numpy work on its own (Algorithm 1 per row + the padded noisy-token index), which the
