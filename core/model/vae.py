@@ -65,13 +65,17 @@ class TokenVAE(nn.Module):
 
     def factor_predict(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         """(B, D) -> (B, D): each profile's ridge projection onto the learned factors, fitted to its entries in `m`
-        (u = (V_m' V_m + lambda I)^-1 V_m' (x_m - b)), then read out for every microbe as V u + b."""
-        V, b = self.factor, self.factor_bias
-        w = m.float()
-        eye = torch.eye(V.shape[1], dtype=V.dtype, device=V.device)
-        gram = torch.einsum("bd,dr,ds->brs", w, V, V) + torch.exp(self.factor_log_ridge) * eye
-        u = torch.linalg.solve(gram, ((x - b) * w) @ V)
-        return u @ V.T + b
+        (u = (V_m' V_m + lambda I)^-1 V_m' (x_m - b)), then read out for every microbe as V u + b.
+
+        In float32 whatever the autocast: linalg.solve refuses a bfloat16 right-hand side beside a float32
+        Gram matrix (GPU mixed precision), and a bfloat16 Gram matrix would be too coarse to solve."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            V, b = self.factor.float(), self.factor_bias.float()
+            x, w = x.float(), m.float()
+            eye = torch.eye(V.shape[1], dtype=V.dtype, device=V.device)
+            gram = torch.einsum("bd,dr,ds->brs", w, V, V) + torch.exp(self.factor_log_ridge.float()) * eye
+            u = torch.linalg.solve(gram, ((x - b) * w) @ V)
+            return u @ V.T + b
 
     def encode(self, x: torch.Tensor, m: torch.Tensor, ctx_m: torch.Tensor | None = None,
                cols: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

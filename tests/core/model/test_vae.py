@@ -155,6 +155,20 @@ def test_factor_prediction_is_each_profiles_ridge_projection():
     assert not torch.allclose(vae.factor_predict(x2, m)[0], vae.factor_predict(x, m)[0])
 
 
+def test_factor_prediction_runs_in_float32_under_mixed_precision():
+    """Under bfloat16 autocast (mixed precision on a GPU) the ridge solve stays in float32: it neither fails on
+    mixed dtypes nor loses precision, so it equals the prediction made without autocast."""
+    torch.manual_seed(0)
+    vae = TokenVAE(20, latent_dim=3, hidden=16, token_hidden=8, factor_rank=5)
+    x, m = _batch(20, B=6)
+    plain = vae.factor_predict(x, m)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        mixed = vae.factor_predict(x.bfloat16(), m)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, vae.factor_predict(x.bfloat16().float(), m))
+    assert (mixed - plain).abs().max() < 0.05  # only the bfloat16 input's rounding differs
+
+
 def test_pca_factors_stay_fixed_and_predict_a_low_rank_table():
     """vae_factor_init: pca sets the factors from the training view and freezes them through training; on a
     rank-3 table with 30 % of the entries hidden, their prediction of the hidden entries beats the column means."""
