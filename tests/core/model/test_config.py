@@ -41,6 +41,6 @@ def test_shipped_configs_load():
     assert paper.timesteps == 1000 and paper.hidden_dim > tiny.hidden_dim
     small = load_config(root / "small.yaml")
     # tiny's VAE plus the readout and the factor layer
-    assert vae_settings(small) == {**vae_settings(tiny), "vae_readout": True, "vae_factor_rank": 16,
+    assert vae_settings(small) == {**vae_settings(tiny), "vae_readout": True, "vae_factor_rank": 64,
                                    "vae_factor_visible_weight": 1.0}
     assert small.estimate == "mean" and small.train_steps > 0 and small.ema_decay > 0
