@@ -157,7 +157,8 @@ def test_factor_prediction_is_each_profiles_ridge_projection():
 
 def test_factor_prediction_runs_in_float32_under_mixed_precision():
     """Under bfloat16 autocast (mixed precision on a GPU) the ridge solve stays in float32: it neither fails on
-    mixed dtypes nor loses precision, so it equals the prediction made without autocast."""
+    mixed dtypes nor loses precision, so it equals the prediction made without autocast from the same (bfloat16-rounded)
+    input."""
     torch.manual_seed(0)
     vae = TokenVAE(20, latent_dim=3, hidden=16, token_hidden=8, factor_rank=5)
     x, m = _batch(20, B=6)
