@@ -78,13 +78,15 @@ class TokenVAE(nn.Module):
             return u @ V.T + b
 
     def encode(self, x: torch.Tensor, m: torch.Tensor, ctx_m: torch.Tensor | None = None,
-               cols: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               cols: torch.Tensor | None = None, factor_pred: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, D) values (read only where m) and flags -> mean, log-variance (B, D, k), or (B, len(cols), k).
 
         `ctx_m` computes the shared context from a smaller mask than the tokens' own: the clean
         latent of a training target is its visible value in the context its conditioning profile
         gives, so it differs from that profile's m-latent only through the value itself.
         `cols` computes the tokens of those microbes only; the context still reads the whole profile.
+        `factor_pred` is factor_predict(x, ctx_m or m), when the caller has it already (the VAE loss
+        regresses the same prediction: one ridge solve per profile instead of two).
         """
         m = m.float()
         xm = x * m
@@ -93,7 +95,7 @@ class TokenVAE(nn.Module):
         embed, readout = self.enc_embed, self.readout
         local = [xm, m]
         if self.factor is not None:
-            local.append(self.factor_predict(x, cm))
+            local.append(self.factor_predict(x, cm) if factor_pred is None else factor_pred)
         if cols is not None:
             local, embed = [a[:, cols] for a in local], embed[cols]
             readout = None if readout is None else readout[cols]
@@ -119,7 +121,8 @@ class TokenVAE(nn.Module):
         With `cols`, only those microbes' tokens are encoded and decoded, and their sums are scaled by
         D / len(cols): an unbiased estimate of the full loss whose per-token cost does not grow with D
         (on a 1,700-taxon table the per-token MLPs are nearly all of the VAE's step)."""
-        mu, logvar = self.encode(x, m_in, cols=cols)
+        fp = self.factor_predict(x, m_in) if self.factor is not None else None
+        mu, logvar = self.encode(x, m_in, cols=cols, factor_pred=fp)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)  # Eq. 5
         xs, ms, scale = x, m_loss, 1.0
         if cols is not None:
@@ -133,7 +136,7 @@ class TokenVAE(nn.Module):
             w = ((m_loss.float() > 0) & ~m_in.bool()).float()
             if factor_visible_weight:
                 w = w + factor_visible_weight * m_in.float()
-            loss = loss + ((self.factor_predict(x, m_in) - x) ** 2 * w).sum(-1)
+            loss = loss + ((fp - x) ** 2 * w).sum(-1)
         return loss.mean()
 
 

@@ -132,6 +132,42 @@ def test_factor_visible_weight_adds_the_regression_on_the_fitted_entries():
     assert torch.allclose(losses[0.5] - losses[0.0], 0.5 * term, rtol=1e-5, atol=1e-6)
 
 
+def test_vae_loss_solves_each_profiles_ridge_fit_once():
+    """The tokens and the factor loss read one prediction (one batched solve per loss, not two), and the loss and every
+    gradient equal those of the two separate predictions the loss used to make."""
+    torch.manual_seed(0)
+    vae = TokenVAE(20, latent_dim=3, hidden=16, token_hidden=8, factor_rank=4)
+    x, m = _batch(20, B=6)
+    m_in = m & torch.from_numpy(np.random.default_rng(1).random((6, 20)) < 0.7)
+    solves = []
+    real_solve = torch.linalg.solve
+
+    def counting_solve(*a, **k):
+        solves.append(1)
+        return real_solve(*a, **k)
+
+    torch.manual_seed(3)
+    torch.linalg.solve = counting_solve
+    try:
+        got = vae.loss(x, m_in, m, 0.01, factor_visible_weight=0.5)
+    finally:
+        torch.linalg.solve = real_solve
+    assert len(solves) == 1
+    grads = torch.autograd.grad(got, list(vae.parameters()), allow_unused=True)
+    torch.manual_seed(3)  # the reference: two predictions, as before
+    mu, logvar = vae.encode(x, m_in)
+    z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+    w = (m & ~m_in).float() + 0.5 * m_in.float()
+    ref = (((vae.decode(z) - x) ** 2 * m.float()).sum(-1) - 0.005 * (1 + logvar - mu**2 - logvar.exp()).sum((-1, -2))
+           + ((vae.factor_predict(x, m_in) - x) ** 2 * w).sum(-1)).mean()
+    torch.testing.assert_close(got, ref)
+    for g, r in zip(grads, torch.autograd.grad(ref, list(vae.parameters()), allow_unused=True)):
+        if r is None:
+            assert g is None
+        else:
+            torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
+
+
 def test_factor_prediction_is_each_profiles_ridge_projection():
     """vae_factor_rank: the prediction a token reads is the ridge fit of the learned factors to the entries in the
     mask, u = (V_m' V_m + lambda I)^-1 V_m' (x_m - b), read out as V u + b; checked against numpy row by row."""
