@@ -36,7 +36,9 @@ from depmicro.core.train.trainer import phase_seed, seed_all
 if TYPE_CHECKING:
     from depmicro.core.model.module import DepMicroDiff
 
-FORMAT = "depmicro-vae/1"
+# /2: the VAE loss solves each profile's ridge fit once (it solved it twice); the same arithmetic in another order, so
+# a /1 entry is not what this code trains bit for bit, and a hit must equal training
+FORMAT = "depmicro-vae/2"
 # what the VAE phase reads from the config (train_vae_entry below: the VAE init draws from torch.manual_seed(seed),
 # then train_vae reads the rest); vae_pretrain enters the key through the pretraining matrices it lets in
 VAE_FIELDS = ("latent_dim", "vae_hidden", "vae_beta", "vae_epochs", "vae_lr", "batch_size", "train_mask_ratio", "seed",
