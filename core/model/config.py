@@ -36,6 +36,8 @@ class ModelConfig:
                                      # principal components (a Gaussian conditional mean: a classical prior, reported apart)
     vae_factor_visible_weight: float = 0.0  # weight of the factor model's regression on the entries it was fitted to,
                                             # beside 1 for the hidden ones; 0: hidden entries only, as before
+    vae_factor_rank_alt: int = 0   # r' > 0: `fit` also trains the VAE at factor rank r' and keeps the rank whose encoder
+                                   # alone scores better on the validation mask (before any DAT step); 0: off
     vae_token_sample: int = 256    # microbes per VAE step whose tokens enter the loss (one random subset per batch, loss
                                    # rescaled to all D); 0 or >= D: all of them, exactly as before (no random draw)
     freeze_vae: bool = True        # keep the VAE fixed while the DAT learns (latent diffusion practice)
@@ -129,7 +131,7 @@ _POSITIVE = ("latent_dim", "vae_hidden", "hidden_dim", "n_layers", "n_heads", "t
 _NONNEG = ("attn_block", "snr_floor", "min_snr", "vae_beta", "vae_epochs", "dropout", "f_threshold", "mi_threshold", "weight_decay", "grad_clip", "seed",
            "patience", "sampler_eta", "train_steps", "warmup_steps", "x0_loss", "x0_value_loss",
            "vae_token_sample", "vae_visible_weight", "vae_factor_rank",
-           "vae_factor_visible_weight")
+           "vae_factor_visible_weight", "vae_factor_rank_alt")
 
 
 def _check(cfg: ModelConfig) -> ModelConfig:

@@ -163,14 +163,7 @@ class DepMicroDiff:
         this estimate, so it is the reference the DAT has to beat (tests/bench/dat_epochs.py)."""
         Y, observed = np.asarray(Y, dtype=np.float64), np.asarray(observed, dtype=bool)
         self.net.eval()
-        yv = np.where(observed, np.nan_to_num(Y), 0.0).astype(np.float32)
-        out = []
-        for i in range(0, len(Y), INFER_BATCH):
-            y = torch.as_tensor(yv[i : i + INFER_BATCH], device=self.device)
-            m = torch.as_tensor(observed[i : i + INFER_BATCH], device=self.device)
-            mu, _ = self.vae.encode(y * m.float(), m)
-            out.append(self.vae.decode(mu).clamp(min=0).cpu().numpy())
-        return keep_observed(Y, observed, np.concatenate(out).astype(np.float64))
+        return keep_observed(Y, observed, self.vae.estimate(Y, observed, INFER_BATCH))
 
     def _check_input(self, Y: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         Y = np.asarray(Y, dtype=np.float64)

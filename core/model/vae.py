@@ -106,6 +106,21 @@ class TokenVAE(nn.Module):
         mu, logvar = out.chunk(2, dim=-1)
         return mu, logvar.clamp(-10, 10)
 
+    @torch.no_grad()
+    def estimate(self, Y: np.ndarray, observed: np.ndarray, rows: int = 256) -> np.ndarray:
+        """(N, D) -> (N, D): the encoder's mean latent of each masked profile, decoded and clipped at 0, in batches
+        of `rows`; observed entries are not kept here (the caller does). The DAT's floor: an untrained DAT
+        reproduces exactly this estimate."""
+        dev = next(self.parameters()).device
+        yv = np.where(observed, np.nan_to_num(Y), 0.0).astype(np.float32)
+        out = []
+        for i in range(0, len(yv), rows):
+            y = torch.as_tensor(yv[i : i + rows], device=dev)
+            m = torch.as_tensor(np.asarray(observed[i : i + rows], dtype=bool), device=dev)
+            mu, _ = self.encode(y * m.float(), m)
+            out.append(self.decode(mu).clamp(min=0).cpu().numpy())
+        return np.concatenate(out).astype(np.float64)
+
     def decode(self, z: torch.Tensor, cols: torch.Tensor | None = None) -> torch.Tensor:
         """(B, D, k) -> (B, D) values; each token decoded on its own (`cols`: z holds those microbes' tokens)."""
         h = self.dec[0](z) + (self.dec_embed if cols is None else self.dec_embed[cols])

@@ -25,7 +25,7 @@ from depmicro.core.model.config import ModelConfig
 from depmicro.core.model.module import DepMicroDiff
 from depmicro.core.model.metadata import MetadataEncoder
 from depmicro.core.train.trainer import EpochReport, OnEpoch, Trainer, save_checkpoint, seed_all
-from depmicro.core.train.vae_phase import VaeEntry, pretrain_vae
+from depmicro.core.train.vae_phase import VaeEntry, choose_factor_rank, pretrain_vae
 
 
 @dataclass
@@ -39,6 +39,7 @@ class FitResult:
     epochs: int
     vae_source: str = "trained"  # trained | cache | shared | checkpoint (resumed: the VAE came with the DAT)
     vae_seconds: float = 0.0     # seconds this fit spent training the VAE (0 on a hit)
+    factor_rank_scores: dict[int, float] | None = None  # vae_factor_rank_alt: each rank's encoder on validation
 
 
 # --- setup ---------------------------------------------------------------------------------------
@@ -77,11 +78,18 @@ def fit(cfg: ModelConfig, data: Dataset, split: Split, *, pretrain: Sequence[Dat
     t_start = time.perf_counter()
     Y, Y_view, observed = _views(cfg, data, split, pretrain)
     metadata = data.metadata_text() if cfg.use_metadata else None
+    pre = [p.normalized for p in pretrain]
+    rank_scores, rank_vae_seconds = None, 0.0
+    if cfg.vae_factor_rank_alt and resume_from is None and split.val.any():
+        cfg, vae_entries, rank_scores, rank_vae_seconds = choose_factor_rank(cfg, Y, Y_view, observed, split.val, pre,
+                                                                             vae_cache_dir, vae_entries)
     seed_all(cfg.seed)
     imp = build_imputer(cfg, Y_view, observed, data.var_names, metadata, dep_stats)
     vae_info = {"source": "checkpoint", "seconds": 0.0}
     if resume_from is None:
-        vae_info = pretrain_vae(imp, Y_view, observed, [p.normalized for p in pretrain], vae_cache_dir, vae_entries)
+        vae_info = pretrain_vae(imp, Y_view, observed, pre, vae_cache_dir, vae_entries)
+        if rank_scores is not None and rank_vae_seconds > 0:  # choose_factor_rank trained at least one of the two
+            vae_info = {**vae_info, "source": "trained", "seconds": rank_vae_seconds}
     else:
         for p in imp.vae.parameters():
             p.requires_grad_(False)
@@ -112,7 +120,7 @@ def fit(cfg: ModelConfig, data: Dataset, split: Split, *, pretrain: Sequence[Dat
             break
     filled, val, test = _finish(trainer, best, Y, Y_view, observed, metadata, split)
     return FitResult(imputer=imp, val=val, test=test, filled=filled, history=history, seconds=time.perf_counter() - t_start, epochs=epoch,
-                     vae_source=vae_info["source"], vae_seconds=float(vae_info["seconds"]))
+                     vae_source=vae_info["source"], vae_seconds=float(vae_info["seconds"]), factor_rank_scores=rank_scores)
 
 
 def _views(cfg: ModelConfig, data: Dataset, split: Split, pretrain: Sequence[Dataset]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -19,13 +19,15 @@ import hashlib
 import json
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from depmicro.core.data.evaluation import better, evaluate
+from depmicro.core.imputer import keep_observed
 from depmicro.core.io.atomic import atomic_path
 from depmicro.core.io.content_hash import update_with_matrix
 from depmicro.core.errors import DepmicroError
@@ -189,6 +191,36 @@ def cached_vae_entry(cfg: ModelConfig, Y_view: np.ndarray, observed: np.ndarray,
         except OSError:
             pass  # an unwritable (or another node's) cache costs time, not correctness
     return entry, "trained"
+
+
+def choose_factor_rank(cfg: ModelConfig, Y: np.ndarray, Y_view: np.ndarray, observed: np.ndarray, val: np.ndarray,
+                       pretrain: Sequence[np.ndarray] = (), cache_dir: str | Path | None = None,
+                       entries: Mapping[str, VaeEntry] | None = None) -> tuple[ModelConfig, dict[str, VaeEntry], dict[int, float], float]:
+    """cfg.vae_factor_rank against cfg.vae_factor_rank_alt: the VAE phase at each rank (cached like any other), each
+    encoder alone scored on the validation entries `val` of `Y` by cfg.val_metric. Returns the config at the better rank
+    (alt 0: what was trained), the entries to hand to `pretrain_vae` so the winner is not trained twice, the scores,
+    and the seconds spent training VAEs here (0 when both were hits).
+
+    Why the encoder and not the whole model: the learned factors vary more between sets and splits than between ranks
+    (docs/model-log.md sections 12-13), and two whole fits cost twice the DAT phase; on the stop-16/17 fits the encoder's
+    validation picked the same rank as the whole model's in all six stad/hnsc pairs. A tie keeps vae_factor_rank."""
+    ranks = [cfg.vae_factor_rank, cfg.vae_factor_rank_alt]
+    found = dict(entries or {})
+    scores: dict[int, float] = {}
+    best, trained = ranks[0], 0.0
+    for r in ranks:
+        c = replace(cfg, vae_factor_rank=r, vae_factor_rank_alt=0)
+        entry, source = cached_vae_entry(c, Y_view, observed, pretrain, cache_dir=cache_dir, entries=found)
+        found[entry.key] = entry
+        trained += entry.seconds if source == "trained" else 0.0
+        vae = TokenVAE.from_config(Y_view.shape[1], c)
+        vae.load_state_dict(entry.state)
+        vae.eval()
+        filled = keep_observed(Y_view, observed, vae.estimate(Y_view, observed))
+        scores[r] = float(evaluate(Y, filled, val)[cfg.val_metric])
+        if r != ranks[0] and better(cfg.val_metric, scores[r], scores[best]):
+            best = r
+    return replace(cfg, vae_factor_rank=best, vae_factor_rank_alt=0), found, scores, trained
 
 
 def pretrain_vae(imp: DepMicroDiff, Y_view: np.ndarray, observed: np.ndarray, pretrain: Sequence[np.ndarray],

@@ -73,7 +73,8 @@ def main() -> None:
               "test_projected": round(evaluate(Y, project_missing_mass(view, obs, filled), split.test)[M], 4),
               "encoder_val": round(evaluate(Y, enc, split.val)[M], 4), "encoder_test": round(evaluate(Y, enc, split.test)[M], 4),
               "test_rmse": round(res.test["rmse"], 4), "best_epoch": max(res.history, key=lambda h: h["val"].get(M, -9))["epoch"] if any(h["val"] for h in res.history) else None,
-              "steps": res.history[-1].get("step") if res.history else None, "seconds": round(sec, 1), "vae_source": res.vae_source})
+              "steps": res.history[-1].get("step") if res.history else None, "seconds": round(sec, 1), "vae_source": res.vae_source,
+              "vae_factor_rank": imp.cfg.vae_factor_rank, **({"factor_rank_scores": res.factor_rank_scores} if res.factor_rank_scores else {})})
     split = split or make_split(Y, seed=args.seed)
     for method in args.baselines:
         filled, sec = impute_with_baseline(method, Y, split.observed, seed=args.seed)

@@ -8,7 +8,7 @@ import torch
 
 from depmicro.core.model.config import config_from_dict
 from depmicro.core.errors import DepmicroError
-from depmicro.core.data.evaluation import make_split, training_view
+from depmicro.core.data.evaluation import evaluate, make_split, training_view
 from depmicro.core.data.synthetic import make_synthetic
 from depmicro.core.train import cached_vae_entry, fit
 from depmicro.core.train.vae_phase import entry_path, load_vae_entry, vae_cache_key
@@ -143,3 +143,26 @@ def test_resume_takes_the_vae_from_the_checkpoint(sets, tmp_path):
     assert resumed.test == full.test
     va, vb = full.imputer.vae.state_dict(), resumed.imputer.vae.state_dict()
     assert all(torch.equal(va[k], vb[k]) for k in va)
+
+
+def test_factor_rank_alt_keeps_the_rank_whose_encoder_scores_better_on_validation(sets, tmp_path):
+    """vae_factor_rank_alt: fit trains the VAE at both ranks, scores each encoder alone on the validation mask, and
+    goes on with the better one; the result is the plain fit at that rank (the DAT never sees the other VAE), and the
+    chosen rank's VAE is trained once."""
+    data, other, split = sets
+    kw = dict(vae_epochs=30, vae_readout=True)
+    res = fit(cfg_of(vae_factor_rank=4, vae_factor_rank_alt=1, **kw), data, split, pretrain=[other], vae_cache_dir=tmp_path)
+    scores = res.factor_rank_scores
+    assert set(scores) == {4, 1} and scores[4] != scores[1]
+    chosen = max(scores, key=scores.get)
+    assert res.imputer.cfg.vae_factor_rank == chosen and res.imputer.cfg.vae_factor_rank_alt == 0
+    assert res.vae_source == "trained" and res.vae_seconds > 0
+    assert len(list(tmp_path.glob("vae-*.safetensors"))) == 2  # one entry per rank, none trained twice
+    # each score is that rank's own encoder on validation: the plain fits at each rank (cache hits) reproduce them
+    for r in (4, 1):
+        plain = fit(cfg_of(vae_factor_rank=r, **kw), data, split, pretrain=[other], vae_cache_dir=tmp_path)
+        assert plain.vae_source == "cache"
+        enc = plain.imputer.encoder_impute(training_view(data.normalized, split), split.observed)
+        assert evaluate(data.normalized, enc, split.val)["pcc_per_microbe"] == pytest.approx(scores[r], abs=1e-12)
+        if r == chosen:
+            assert plain.test == res.test and plain.val == res.val
