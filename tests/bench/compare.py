@@ -57,6 +57,7 @@ def run(sets, seeds, config: Path, overrides, pretrain: bool, baselines=BASELINE
                          "encoder_test_pcc_per_microbe": evaluate(Y, enc, split.test)["pcc_per_microbe"],
                          "seconds": round(res.seconds, 2), "epochs": res.epochs, "config": config.stem + ("+" + ",".join(overrides) if overrides else ""),
                          "pretrain": [o.name for o in others], "vae_factor_rank": res.imputer.cfg.vae_factor_rank,
+                         "val_history": [round(h["val"]["pcc_per_microbe"], 4) if h["val"] else None for h in res.history],
                          **({"factor_rank_scores": res.factor_rank_scores} if res.factor_rank_scores else {})})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
             if projection and not cfg.mass_projection:
