@@ -38,11 +38,7 @@ def encoder_estimate(state: dict, cfg, Y: np.ndarray, observed: np.ndarray) -> n
     vae = TokenVAE.from_config(Y.shape[1], cfg)
     vae.load_state_dict(state)
     vae.eval()
-    with torch.no_grad():
-        y = torch.as_tensor(np.where(observed, Y, 0.0), dtype=torch.float32)
-        m = torch.as_tensor(observed)
-        out = vae.decode(vae.encode(y * m.float(), m)[0]).clamp(min=0).numpy().astype(np.float64)
-    return np.where(observed, Y, out)
+    return np.where(observed, Y, vae.estimate(Y, observed))
 
 
 def factor_estimate(state: dict, cfg, Y: np.ndarray, observed: np.ndarray) -> np.ndarray:
