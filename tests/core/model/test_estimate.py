@@ -10,7 +10,8 @@ import torch
 
 from depmicro.core.model.bundle import load_model, save_model
 from depmicro.core.model.imputer import DepMicroDiffImputer
-from depmicro.core.data.evaluation import make_split, training_view
+from depmicro.core.data.evaluation import evaluate, make_split, training_view
+from depmicro.core.model.module import DepMicroDiff
 from depmicro.core.train import fit
 from depmicro.core.train.trainer import epoch_batches, lr_factor, planned_epochs
 from tests.core.model.test_model import cfg_of, small_counts, small_dataset
@@ -97,6 +98,37 @@ def test_ema_weights_are_validated_saved_exported_and_loaded(tmp_path):
     fit(cfg, ds, split, resume_from=tmp_path / "ep2",
         on_epoch=lambda r: again.setdefault(r.epoch, {k: v.clone() for k, v in r.model.dat.state_dict().items()}))
     assert all(torch.allclose(again[3][k], seen[3][0][k], atol=1e-6) for k in again[3])
+
+
+def test_validation_imputes_only_rows_with_validation_entries_and_scores_as_the_whole_table():
+    ds = small_dataset()
+    split = make_split(ds.normalized, seed=0)
+    rows = split.val.any(axis=1)
+    assert 0 < rows.sum() < len(rows)  # otherwise the test shows nothing
+    Y, view, obs = ds.normalized, training_view(ds.normalized, split), split.observed
+    cfg = cfg_of(epochs=2, ema_decay=0.9, lr=0.01, batch_size=16)
+    seen, shapes = {}, []
+
+    def hook(rep):
+        assert shapes == [int(rows.sum())]  # this epoch's validation pass, before the hook imputes the whole table
+        with rep.ema_weights():
+            whole = evaluate(Y, rep.model.impute(view, obs), split.val)
+        seen[rep.epoch] = (rep.val, whole)
+        shapes.clear()
+
+    real = DepMicroDiff.impute
+
+    def spy(self, Yv, o, *a, **k):
+        shapes.append(len(Yv))
+        return real(self, Yv, o, *a, **k)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(DepMicroDiff, "impute", spy)
+        fit(cfg, ds, split, on_epoch=hook)
+    assert sorted(seen) == [1, 2]
+    for val, whole in seen.values():
+        for k in ("pcc_per_microbe", "rmse", "mae", "pcc", "n_heldout"):
+            assert val[k] == pytest.approx(whole[k], rel=1e-6, abs=1e-7), k
 
 
 def test_dat_beats_its_own_encoder_on_planted_dependencies():
