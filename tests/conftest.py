@@ -16,7 +16,13 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+
+# The in-process tests train tiny models (16-taxon tables, batches of 32). At that size a second intra-op
+# thread costs more in synchronization than it computes, and much more when anything else holds a core
+# (docs/model-log.md section 15). Subprocesses (CLI commands, study drivers, Ray trials) set their own.
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "studies" / "quickstart.yaml"
