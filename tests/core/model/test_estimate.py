@@ -100,7 +100,7 @@ def test_ema_weights_are_validated_saved_exported_and_loaded(tmp_path):
     assert all(torch.allclose(again[3][k], seen[3][0][k], atol=1e-6) for k in again[3])
 
 
-def test_validation_imputes_only_rows_with_validation_entries_and_scores_as_the_whole_table():
+def test_validation_imputes_only_rows_with_validation_entries_and_scores_as_the_whole_table(monkeypatch):
     ds = small_dataset()
     split = make_split(ds.normalized, seed=0)
     rows = split.val.any(axis=1)
@@ -122,9 +122,8 @@ def test_validation_imputes_only_rows_with_validation_entries_and_scores_as_the_
         shapes.append(len(Yv))
         return real(self, Yv, o, *a, **k)
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(DepMicroDiff, "impute", spy)
-        fit(cfg, ds, split, on_epoch=hook)
+    monkeypatch.setattr(DepMicroDiff, "impute", spy)
+    fit(cfg, ds, split, on_epoch=hook)
     assert sorted(seen) == [1, 2]
     for val, whole in seen.values():
         for k in ("pcc_per_microbe", "rmse", "mae", "pcc", "n_heldout"):
