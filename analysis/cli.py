@@ -1,10 +1,13 @@
-"""The `depmicro analyze` and `depmicro export` commands: their table and arguments. The handlers
-(analysis/commands/, one module per command) load MLflow, matplotlib, optuna and torch only when one runs."""
+"""The `depmicro analyze` and `depmicro export` commands: their table, arguments and the checks that refuse
+a bad --out or tracking URI first. The handlers (analysis/commands/, one module per command) load MLflow,
+matplotlib, optuna and torch only when one runs, which is seconds a refused command line does not pay."""
 from __future__ import annotations
 
 import argparse
 
 from depmicro.core.cli.common import Command
+from depmicro.core.io.outputs import MODEL_KIND, REPORT_KIND, check_output
+from depmicro.studies.schema import check_tracking_uri
 
 
 def analyze_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,9 +29,18 @@ def export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--register", metavar="NAME", default=None, help="also register the bundle as pyfunc model NAME")
 
 
+def _checks(kind: str):
+    def check(args: argparse.Namespace) -> None:
+        """What the handler checks first (analysis/report.py, analysis/export.py), without MLflow."""
+        check_output(args.out, directory=kind)
+        if args.tracking_uri:
+            check_tracking_uri(args.tracking_uri)
+    return check
+
+
 COMMANDS = (
     Command("analyze", "tables, paired tests, importance and figures of a study, as report.html",
-            "depmicro.analysis.commands.analyze:analyze", analyze_arguments),
+            "depmicro.analysis.commands.analyze:analyze", analyze_arguments, _checks(REPORT_KIND)),
     Command("export", "write the best trial of a study as a verified model bundle", "depmicro.analysis.commands.export:export",
-            export_arguments),
+            export_arguments, _checks(MODEL_KIND)),
 )

@@ -1,15 +1,17 @@
 """The `depmicro study` commands: their table, arguments and the checks that refuse a bad study file,
-name or tracking URI before the handlers' module (studies/commands.py: Ray, MLflow, torch) loads,
+name, tracking URI or study state before the handlers' modules (studies/commands.py: Ray, MLflow, torch; studies/status.py: MLflow) load,
 so a mistake costs a fraction of a second."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from depmicro.core.cli.common import Command
 from depmicro.core.errors import DepmicroError
 from depmicro.studies.fields import check_name, duration
 from depmicro.studies.schema import check_tracking_uri
 from depmicro.studies.spec import load_spec
+from depmicro.studies.state import STATE_FILE, experiment_dir, read_state
 
 
 def _common(p: argparse.ArgumentParser, address: bool = True) -> None:
@@ -54,18 +56,30 @@ def check_file(args: argparse.Namespace) -> None:
         check_tracking_uri(args.tracking_uri)
 
 
-def check_study(args: argparse.Namespace) -> None:
-    """The study name and the tracking URI, checked without Ray."""
+def _check_name_and_uri(args: argparse.Namespace) -> Path:
     check_name(args.name)
     if args.tracking_uri:
         check_tracking_uri(args.tracking_uri)
+    return experiment_dir(args.name, args.storage)
+
+
+def check_resume(args: argparse.Namespace) -> None:
+    """The study name, the tracking URI and the study's state file, checked without Ray."""
+    read_state(_check_name_and_uri(args))
+
+
+def check_status(args: argparse.Namespace) -> None:
+    """As check_resume, but a study without a state file (its driver failed early) is read from MLflow alone."""
+    exp = _check_name_and_uri(args)
+    if (exp / STATE_FILE).exists():
+        read_state(exp)
 
 
 COMMANDS = (
     Command("study", "hyperparameter studies on Ray Tune, tracked in MLflow"),
     Command("study run", "run a study file (YAML) to completion", "depmicro.studies.commands:run", run_arguments, check_file),
     Command("study resume", "continue a study whose driver stopped; finished trials are kept",
-            "depmicro.studies.commands:resume", resume_arguments, check_study),
+            "depmicro.studies.commands:resume", resume_arguments, check_resume),
     Command("study status", "every trial of a study with its status, config and metrics",
-            "depmicro.studies.commands:status", status_arguments, check_study),
+            "depmicro.studies.status:status_command", status_arguments, check_status),
 )

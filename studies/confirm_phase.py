@@ -13,14 +13,14 @@ from pathlib import Path
 from ray import tune
 
 from depmicro.studies import schema, tracking, tuner
-from depmicro.studies.status import study_status
+from depmicro.studies import status as recorded
 from depmicro.studies.confirm import ARTIFACT, EXPERIMENT_SUFFIX, confirm_spec, confirm_table, rank_configs
 from depmicro.studies.prepare import prepare_data, warm_vae
 from depmicro.studies.spec import StudySpec
 
 
 def choose_points(spec: StudySpec, tracking_uri: str) -> list[dict]:
-    st = study_status(spec.name, tracking_uri)
+    st = recorded.recorded_status(spec.name, tracking_uri)
     ranked = rank_configs(st["trials"], list(spec.search_space), spec.metric, spec.mode)[:spec.confirm.top_k]
     return [{"rank": i + 1, "config": r["config"], "search_mean": r["mean"], "search_n": r["n"],
              "search_trial_ids": r["trial_ids"]} for i, r in enumerate(ranked)]
@@ -47,9 +47,9 @@ def run_confirmation(spec: StudySpec, storage: Path, tracking_uri: str, exp_id: 
 
 
 def score(spec: StudySpec, tracking_uri: str, exp_id: str, parent: str, points: list[dict]) -> dict:
-    client = tracking.client_for(tracking_uri)
+    client = recorded.client_for(tracking_uri)
     runs = [{"rank": int(r.data.tags.get(schema.TAG_CONFIRM_RANK, -1)), "status": r.data.tags.get(schema.TAG_STATUS),
-             "metrics": dict(r.data.metrics)} for r in tracking.find_runs(client, exp_id, spec.name, schema.KIND_CONFIRM)]
+             "metrics": dict(r.data.metrics)} for r in recorded.find_runs(client, exp_id, spec.name, schema.KIND_CONFIRM)]
     table = confirm_table(points, runs, spec.metric, spec.mode)
     table["expected_trials"] = len(points) * len(confirm_spec(spec).data_keys)
     table["finished_trials"] = sum(r["status"] == "TERMINATED" for r in runs)

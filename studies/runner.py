@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
 import signal
 import socket
@@ -36,33 +35,13 @@ from depmicro.cluster.connect import connect
 from depmicro.core.data.baselines import impute_with_baseline
 from depmicro.core.data.evaluation import evaluate, per_microbe_pcc, protocol_matrix
 from depmicro.core.errors import DepmicroError
-from depmicro.core.io.atomic import atomic_write_text
 from depmicro.studies import confirm_phase, provenance, schema, tracking, tuner
 from depmicro.studies import status as recorded
-from depmicro.studies.spec import StudySpec, check_name, load_spec, spec_from_state, split_data_key
 from depmicro.studies.prepare import prepare_data, warm_vae
+from depmicro.studies.spec import StudySpec, load_spec, split_data_key
+from depmicro.studies.state import STATE_FILE, experiment_dir, read_state, storage_root, write_state
 from depmicro.studies.trainable import SharedData
 from depmicro.studies.warm_start import warm_points
-
-STATE_FILE = "depmicro_study.json"
-DEFAULT_STORAGE = "depmicro_results"
-
-
-def default_storage() -> Path:
-    return Path(DEFAULT_STORAGE).resolve()
-
-
-def storage_root(storage: str | os.PathLike | None) -> Path:
-    if storage and "://" in str(storage):
-        raise DepmicroError(f"--storage {storage}: cloud URIs are not supported yet; use a directory "
-                            "(on a cluster: a shared file system mounted at the same path on every node)")
-    return Path(storage).resolve() if storage else default_storage()
-
-
-def experiment_dir(name: str, storage: str | os.PathLike | None) -> Path:
-    """`<storage>/<name>`; a name that is not a plain study name (`..`, a separator) never becomes a
-    path: status and resume would otherwise read (and resume unpickle) outside the storage folder."""
-    return storage_root(storage) / check_name(name)
 
 
 @contextlib.contextmanager
@@ -95,44 +74,12 @@ def study_lock(storage: Path, name: str):
 
 # --- commands ---------------------------------------------------------------------------------
 
-def _write_state(exp: Path, state: dict) -> None:
-    exp.mkdir(parents=True, exist_ok=True)
-    state = {k: v for k, v in state.items() if k != "spec_obj"}  # _read_state's parsed spec is not stored
-    atomic_write_text(exp / STATE_FILE, json.dumps(state, indent=2))
-
-
-def _read_state(exp: Path) -> dict:
-    """The study state file, checked field by field: it is hand-editable, and resume acts on it."""
-    p = exp / STATE_FILE
-    if not p.is_file():
-        raise DepmicroError(f"no study at {exp} (no {STATE_FILE}); check the name and --storage")
-    try:
-        state = json.loads(p.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise DepmicroError(f"{p}: unreadable study state (not JSON)") from None
-    except OSError as exc:
-        raise DepmicroError(f"{p}: cannot read the study state ({exc.strerror})") from None
-    if not isinstance(state, dict):
-        raise DepmicroError(f"{p}: damaged study state (not a JSON object)")
-    for key in ("tracking_uri", "experiment_id", "parent_run_id"):
-        if not isinstance(state.get(key), str) or not state[key]:
-            raise DepmicroError(f"{p}: damaged study state ({key!r} missing or not text)")
-    try:
-        spec = spec_from_state(state.get("spec"))
-    except DepmicroError as exc:
-        raise DepmicroError(f"{p}: damaged study state ({exc})") from None
-    if spec.name != exp.name:
-        raise DepmicroError(f"{p}: damaged study state (it describes study {spec.name!r}, not {exp.name!r})")
-    state["spec_obj"] = spec
-    return state
-
-
 def _run_baselines(spec: StudySpec, shared: SharedData, tracking_uri: str, exp_id: str, parent: str, log) -> None:
-    client = tracking.client_for(tracking_uri)
+    client = recorded.client_for(tracking_uri)
     for method in spec.baselines:
         for key in spec.data_keys:
             name, seed = split_data_key(key)
-            done = tracking.find_runs(client, exp_id, spec.name, schema.KIND_BASELINE, method=method, dataset=name, seed=seed)
+            done = recorded.find_runs(client, exp_id, spec.name, schema.KIND_BASELINE, method=method, dataset=name, seed=seed)
             if done and done[0].info.status == "FINISHED":
                 continue
             data, split = shared.datasets[name], shared.splits[key]
@@ -161,19 +108,19 @@ def run_study(path: str | os.PathLike, address: str | None = None, tracking_uri:
         if tune.Tuner.can_restore(str(exp)):
             raise DepmicroError(f"study {spec.name!r} already exists in {storage}; continue it with "
                                 f"`depmicro study resume {spec.name}` or give the study another name")
-        client = tracking.client_for(tracking_uri)
+        client = recorded.client_for(tracking_uri)
         exp_obj = client.get_experiment_by_name(schema.experiment_name(spec.name))
-        if exp_obj is not None and tracking.find_runs(client, exp_obj.experiment_id, spec.name, schema.KIND_TRIAL):
+        if exp_obj is not None and recorded.find_runs(client, exp_obj.experiment_id, spec.name, schema.KIND_TRIAL):
             raise DepmicroError(f"MLflow at {tracking_uri} already holds trials of study {spec.name!r}; "
                                 "resume it or give the study another name")
         spec_text = Path(path).read_text()
         exp_id, parent = tracking.start_study(spec, tracking_uri, spec_text)
         if points:
-            tracking.client_for(tracking_uri).log_dict(parent, {"study": spec.warm_start.study, "points": points},
+            recorded.client_for(tracking_uri).log_dict(parent, {"study": spec.warm_start.study, "points": points},
                                                        schema.ARTIFACT_WARM_START)
         prov = provenance.record(spec, tracking.git_commit())
         tracking.log_provenance(tracking_uri, parent, prov)
-        _write_state(exp, {"spec": spec.to_dict(), "tracking_uri": tracking_uri, "experiment_id": exp_id,
+        write_state(exp, {"spec": spec.to_dict(), "tracking_uri": tracking_uri, "experiment_id": exp_id,
                            "parent_run_id": parent, "created": time.time(), "provenance": prov,
                            "warm_start_points": points})
         return _execute(spec, exp, tracking_uri, exp_id, parent, address, log, restore=False, warm=points)
@@ -187,9 +134,9 @@ def resume_study(name: str, address: str | None = None, tracking_uri: str | None
     `time_budget` (seconds, 0 for none) replaces the study's per-session budget for this session."""
     log = log or tracking.print_line
     exp = experiment_dir(name, storage)
-    _read_state(exp)  # a damaged state is refused before the lock file is made
+    read_state(exp)  # a damaged state is refused before the lock file is made
     with study_lock(exp.parent, name):
-        state = _read_state(exp)  # again: it may have changed while another driver held the lock
+        state = read_state(exp)  # again: it may have changed while another driver held the lock
         if tracking_uri and schema.normalize_tracking_uri(tracking_uri) != state["tracking_uri"]:
             raise DepmicroError(f"study {name!r} is tracked at {state['tracking_uri']}; resume it there (got {tracking_uri})")
         spec = state["spec_obj"]
@@ -206,7 +153,7 @@ def resume_study(name: str, address: str | None = None, tracking_uri: str | None
         state["stopped_on"] = None
         if changed and state.get("provenance"):  # the allowed data is the reference from now on (resumes.json keeps the old)
             state["provenance"]["data"] = provenance.data_hashes(spec)
-        _write_state(exp, state)
+        write_state(exp, state)
         tracking.log_resume(uri, parent, state["resumes"])
         budget = spec.time_budget_s
         if time_budget is not None:
@@ -242,7 +189,7 @@ def _execute(spec: StudySpec, exp: Path, tracking_uri: str, exp_id: str, parent:
             study_tuner.fit()
         fit_seconds = time.time() - t_fit
         # MLflow's status tags are the record (Tune counts a trial interrupted by Ctrl-C as ended, too)
-        final_status = recorded.study_status(spec.name, tracking_uri)
+        final_status = recorded.recorded_status(spec.name, tracking_uri)
         done = sum(v for k, v in final_status["counts"].items() if k in schema.TERMINAL)
         # Tune returns early only when stopped (SIGINT/SIGTERM): every other end runs all trials
         status = "FINISHED" if done >= total else "KILLED"
@@ -294,14 +241,14 @@ def _start(spec: StudySpec, exp: Path, tracking_uri: str, exp_id: str, parent: s
 
 def _confirm(spec: StudySpec, exp: Path, tracking_uri: str, exp_id: str, parent: str, log) -> dict:
     """The confirmation trials; the chosen points are stored first, so a resumed study confirms the same ones."""
-    state = _read_state(exp)
+    state = read_state(exp)
     points = state.get("confirm_points") or confirm_phase.choose_points(spec, tracking_uri)
     state["confirm_points"] = points
-    _write_state(exp, state)
+    write_state(exp, state)
     confirmed = confirm_phase.run_confirmation(spec, exp.parent, tracking_uri, exp_id, parent, points, log)
-    state = _read_state(exp)
+    state = read_state(exp)
     state["confirm"] = confirmed
-    _write_state(exp, state)
+    write_state(exp, state)
     return confirmed
 
 
@@ -313,9 +260,9 @@ def _record_end(spec: StudySpec, exp: Path, tracking_uri: str, exp_id: str, pare
         tracking.mark_interrupted(spec.name, tracking_uri, exp_id)
     tracking.set_stopped_on(tracking_uri, parent, stopped_on)
     if stopped_on:
-        state = _read_state(exp)
+        state = read_state(exp)
         state["stopped_on"] = stopped_on
-        _write_state(exp, state)
+        write_state(exp, state)
 
 
 def _sigterm_as_sigint():
@@ -337,22 +284,3 @@ def _best_finished(spec: StudySpec, trials: list[dict]) -> dict | None:
     return {"trial_id": pick["trial_id"], key: pick["metrics"][key],
             "test_pcc_per_microbe": pick["metrics"].get("test_pcc_per_microbe"),
             "config": {k: pick["config"].get(k) for k in spec.search_space}, "run_id": pick["run_id"]}
-
-
-def study_status(name: str, tracking_uri: str | None = None, storage: str | os.PathLike | None = None) -> dict:
-    """The study from MLflow (every trial the driver saw), plus whether Tune can resume it."""
-    exp = experiment_dir(name, storage)
-    state = _read_state(exp) if (exp / STATE_FILE).exists() else None
-    uri = tracking_uri or (state["tracking_uri"] if state else None)
-    uri = schema.check_tracking_uri(schema.normalize_tracking_uri(uri or schema.default_tracking_uri()))
-    out = recorded.study_status(name, uri)
-    out["storage"] = str(exp)
-    out["resumable"] = state is not None and out["state"] != "FINISHED"
-    if state is not None:
-        out["expected_trials"] = state["spec_obj"].n_trials()
-        out["stopped_on"] = out.get("stopped_on") or state.get("stopped_on")
-        out["provenance"] = state.get("provenance")
-        if state.get("confirm"):
-            out["confirm"] = state["confirm"]
-        out["data_changed_on_resume"] = sum(bool(r.get("data_changed")) for r in state.get("resumes", []))
-    return out

@@ -16,7 +16,6 @@ state never held (`_retire_orphans`).
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import subprocess
@@ -39,7 +38,8 @@ from depmicro.studies.schema import (ARTIFACT_CONFIG, ARTIFACT_MODEL, ARTIFACT_P
                                      TAG_RESUMES, TAG_STOPPED_ON, TAG_VERSION_PREFIX, TAG_DATASET, TAG_EPOCHS_DONE,
                                      TAG_ERROR, TAG_GIT_COMMIT, TAG_KIND, TAG_METHOD, TAG_NODE_ID, TAG_NODE_IP, TAG_PARENT,
                                      TAG_REPLICATE, TAG_RETRIES, TAG_SEED, TAG_STATUS, TAG_STUDY, TAG_TRIAL_ID,
-                                     TAG_VARIANT, TERMINAL, ORPHANED, enable_wal, experiment_name, run_filter, sqlite_path)
+                                     TAG_VARIANT, TERMINAL, ORPHANED, enable_wal, experiment_name, sqlite_path)
+from depmicro.studies.status import client_for, find_runs
 from depmicro.studies.trainable import FINAL_FILE, resolve_trial
 
 MAX_PARAM_CHARS = 6000
@@ -53,15 +53,6 @@ def git_commit() -> str:
         return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def client_for(tracking_uri: str):
-    from mlflow.tracking import MlflowClient
-
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # schema set-up chatter is not progress
-    # against a tracking server MLflow writes run links to stdout when a run ends; stdout carries --json
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    return MlflowClient(tracking_uri=tracking_uri)
 
 
 def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
@@ -78,17 +69,6 @@ def ensure_experiment(client, study: str, tracking_uri: str) -> str:
             raise DepmicroError(f"MLflow experiment {name!r} is deleted; restore it or use another study name")
         return exp.experiment_id
     return client.create_experiment(name, artifact_location=_artifact_location(tracking_uri, name))
-
-
-def find_runs(client, experiment_id: str, study: str, kind: str, **tags: str) -> list:
-    flt = run_filter(study, kind, **tags)
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=flt, max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, str]:

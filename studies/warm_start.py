@@ -14,7 +14,7 @@ from typing import Any
 from depmicro.core.errors import DepmicroError
 from depmicro.studies.confirm import rank_configs, score_key
 from depmicro.studies.spec import Param, StudySpec
-from depmicro.studies.status import study_status
+from depmicro.studies.status import recorded_status
 
 
 def in_space(p: Param, v: Any) -> bool:
@@ -32,7 +32,7 @@ def warm_points(spec: StudySpec, tracking_uri: str) -> list[dict]:
     DepmicroError (one line) when one falls outside this study's search space."""
     ws = spec.warm_start
     try:
-        earlier = study_status(ws.study, tracking_uri)
+        earlier = recorded_status(ws.study, tracking_uri)
     except DepmicroError as exc:
         raise DepmicroError(f"warm_start: {exc}") from None
     try:

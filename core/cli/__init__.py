@@ -19,7 +19,7 @@ import sys
 from importlib.metadata import entry_points
 from typing import Any, Iterable
 
-from depmicro.core.cli import arguments
+from depmicro.core.cli import arguments, model_checks
 from depmicro.core.cli.common import Command, Handler
 from depmicro.core.errors import DepmicroError
 
@@ -33,9 +33,9 @@ COMMANDS = (
     Command("deps", "F-statistics, mutual information and the Dep mask of a count table", "depmicro.core.cli.deps:deps",
             arguments.deps),
     Command("train", "train DepMicroDiff under the held-out protocol; prints val and test metrics",
-            "depmicro.core.cli.model:train", arguments.train),
+            "depmicro.core.cli.model:train", arguments.train, model_checks.check_train),
     Command("impute", "fill missing entries (NaN/empty cells, or zeros with --zeros) with a trained model",
-            "depmicro.core.cli.model:impute", arguments.impute),
+            "depmicro.core.cli.model:impute", arguments.impute, model_checks.check_impute),
 )
 
 __all__ = ["COMMANDS", "Command", "Handler", "build_parser", "emit", "load", "main"]

@@ -1,5 +1,6 @@
-"""`depmicro train` and `depmicro impute` (arguments: cli/arguments.py). Loaded only when one of
-them runs, so torch stays out of `depmicro --help`."""
+"""`depmicro train` and `depmicro impute` (arguments: cli/arguments.py; what they refuse before this
+module loads: cli/model_checks.py). Loaded only when one of them runs, so torch stays out of
+`depmicro --help` and out of a refused command line."""
 from __future__ import annotations
 
 import argparse
@@ -12,26 +13,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from depmicro.core.cli.model_checks import OUTPUT_SUFFIXES, check_impute, check_train
 from depmicro.core.data import check_same_taxa, load_dataset
 from depmicro.core.data.evaluation import make_split
 from depmicro.core.errors import DepmicroError
-from depmicro.core.io.manifest import MANIFEST
-from depmicro.core.io.outputs import MODEL_KIND, check_output
 from depmicro.core.model.bundle import load_model, save_model
-from depmicro.core.model.config import load_config
 from depmicro.core.train import fit
 
 
 def train(args: argparse.Namespace) -> dict:
-    overrides = list(args.set or [])
-    if args.seed is not None:
-        overrides.append(f"seed={args.seed}")
-    if args.protocol is not None:
-        overrides.append(f"protocol={args.protocol}")
-    if args.max_memory is not None:
-        overrides.append(f"max_memory={args.max_memory}")
-    cfg = load_config(args.config, overrides)
-    out = check_output(args.out, directory=MODEL_KIND, inputs=(args.config, args.data, args.metadata, *(args.pretrain or [])))
+    cfg, out = check_train(args)
     ds = load_dataset(args.data, metadata=args.metadata)
     pretrain = [load_dataset(p) for p in (args.pretrain or [])]
     if pretrain:
@@ -52,7 +43,7 @@ def _write_table(path: Path, values, obs_names, var_names, observed, std=None) -
     """Write next to the target and rename, so a failure never leaves half a file. `std` (same shape)
     goes into the AnnData layer "std", or for CSV/TSV into `<name>.std<suffix>` beside the output."""
     suffix = path.suffix.lower()
-    if suffix not in (".h5ad", ".csv", ".tsv"):
+    if suffix not in OUTPUT_SUFFIXES:
         raise DepmicroError(f"{path}: output must end in .h5ad, .csv or .tsv")
     if not path.parent.is_dir():
         raise DepmicroError(f"{path.parent}: output directory does not exist")
@@ -92,13 +83,7 @@ def _write_table(path: Path, values, obs_names, var_names, observed, std=None) -
 def impute(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     model_dir = Path(args.model)
-    if not model_dir.is_dir():
-        raise DepmicroError(f"{model_dir}: no such model directory")
-    if not (model_dir / MANIFEST).exists():
-        raise DepmicroError(f"{model_dir}: no {MANIFEST}; not a depmicro bundle")
-    if Path(args.out).suffix.lower() not in (".h5ad", ".csv", ".tsv"):
-        raise DepmicroError(f"{args.out}: output must end in .h5ad, .csv or .tsv")
-    out = check_output(args.out, inputs=(model_dir, args.data, args.metadata))
+    out = check_impute(args)
     imp = load_model(model_dir)  # verifies the manifest and loads from the bytes it hashed
     ds = load_dataset(args.data, metadata=args.metadata, allow_missing=True)
     if ds.var_names != imp.var_names:
@@ -111,8 +96,6 @@ def impute(args: argparse.Namespace) -> dict:
     observed = ~missing
     # rows are normalized over their observed counts: the mass of the missing entries is unknown
     Y = ds.normalized
-    if args.uncertainty is not None and args.uncertainty < 2:
-        raise DepmicroError(f"--uncertainty needs at least 2 draws, not {args.uncertainty}")
     meta = ds.metadata_text() if imp.cfg.use_metadata else None
     filled = imp.impute(Y, observed, meta)
     std = imp.uncertainty(Y, observed, meta, n=args.uncertainty) if args.uncertainty else None

@@ -76,7 +76,7 @@ def test_analyze_reports_the_tracked_numbers(quickstart, analyzed):
 def test_export_reproduces_the_trials_test_metrics(quickstart, exported, tmp_path, capsys):
     from depmicro.analysis.export import replay
     from depmicro.studies.prepare import load_study_dataset
-    from depmicro.studies.runner import STATE_FILE
+    from depmicro.studies.state import STATE_FILE
     from depmicro.studies.spec import spec_from_json
 
     name, uri, storage = quickstart

@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from depmicro.studies import schema, tracking
 from depmicro.studies.spec import load_spec
+from depmicro.studies.status import find_runs
 from tests.conftest import small_study
 
 
@@ -40,7 +41,7 @@ def test_first_step_after_restore_retires_runs_tune_does_not_hold(tmp_path):
         run = client.get_run(rid)
         assert run.info.lifecycle_stage == "active" and run.data.tags[schema.TAG_STATUS] == status
     # what status and analysis read: the orphan no longer counts
-    ids = {r.data.tags[schema.TAG_TRIAL_ID] for r in tracking.find_runs(client, exp_id, spec.name, schema.KIND_TRIAL)}
+    ids = {r.data.tags[schema.TAG_TRIAL_ID] for r in find_runs(client, exp_id, spec.name, schema.KIND_TRIAL)}
     assert ids == {"held_00000", "done_00001"}
 
     tracker.on_step_begin(1, [])  # only the first step after a (re)start reconciles

@@ -1,0 +1,68 @@
+"""A study's state on disk: `<storage>/<name>/depmicro_study.json`, written by its driver and read by
+`study status` and `study resume`.
+
+Why a module of its own: the state is hand-editable and resume acts on it, so it is checked field by
+field; the `study` commands' checks (studies/cli.py) read it before Ray, MLflow and torch load, so a
+damaged or misnamed state is refused in a fraction of a second.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from depmicro.core.errors import DepmicroError
+from depmicro.core.io.atomic import atomic_write_text
+from depmicro.studies.spec import check_name, spec_from_state
+
+STATE_FILE = "depmicro_study.json"
+DEFAULT_STORAGE = "depmicro_results"
+
+
+def default_storage() -> Path:
+    return Path(DEFAULT_STORAGE).resolve()
+
+
+def storage_root(storage: str | os.PathLike | None) -> Path:
+    if storage and "://" in str(storage):
+        raise DepmicroError(f"--storage {storage}: cloud URIs are not supported yet; use a directory "
+                            "(on a cluster: a shared file system mounted at the same path on every node)")
+    return Path(storage).resolve() if storage else default_storage()
+
+
+def experiment_dir(name: str, storage: str | os.PathLike | None) -> Path:
+    """`<storage>/<name>`; a name that is not a plain study name (`..`, a separator) never becomes a
+    path: status and resume would otherwise read (and resume unpickle) outside the storage folder."""
+    return storage_root(storage) / check_name(name)
+
+
+def write_state(exp: Path, state: dict) -> None:
+    exp.mkdir(parents=True, exist_ok=True)
+    state = {k: v for k, v in state.items() if k != "spec_obj"}  # read_state's parsed spec is not stored
+    atomic_write_text(exp / STATE_FILE, json.dumps(state, indent=2))
+
+
+def read_state(exp: Path) -> dict:
+    """The study state file, checked field by field: it is hand-editable, and resume acts on it."""
+    p = exp / STATE_FILE
+    if not p.is_file():
+        raise DepmicroError(f"no study at {exp} (no {STATE_FILE}); check the name and --storage")
+    try:
+        state = json.loads(p.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DepmicroError(f"{p}: unreadable study state (not JSON)") from None
+    except OSError as exc:
+        raise DepmicroError(f"{p}: cannot read the study state ({exc.strerror})") from None
+    if not isinstance(state, dict):
+        raise DepmicroError(f"{p}: damaged study state (not a JSON object)")
+    for key in ("tracking_uri", "experiment_id", "parent_run_id"):
+        if not isinstance(state.get(key), str) or not state[key]:
+            raise DepmicroError(f"{p}: damaged study state ({key!r} missing or not text)")
+    try:
+        spec = spec_from_state(state.get("spec"))
+    except DepmicroError as exc:
+        raise DepmicroError(f"{p}: damaged study state ({exc})") from None
+    if spec.name != exp.name:
+        raise DepmicroError(f"{p}: damaged study state (it describes study {spec.name!r}, not {exp.name!r})")
+    state["spec_obj"] = spec
+    return state
