@@ -180,7 +180,9 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
 @pytest.mark.cluster
 def test_analyze_while_a_study_writes_the_same_sqlite_store(tmp_path):
     """A store holding the hand-logged study; a real study runs into the same SQLite file while
-    `analyze` reads the logged one and logs report.html to its parent run, three times over."""
+    `analyze` reads the logged one and logs report.html to its parent run, twice over. The study has
+    more epochs than the test waits for: it is still writing when both analyses end, then Ctrl-C
+    stops it (its end-of-run writes are the interrupt path's, which test_interrupted_driver checks)."""
     from mlflow.tracking import MlflowClient
 
     from tests.mlflow_study import log_study
@@ -189,21 +191,19 @@ def test_analyze_while_a_study_writes_the_same_sqlite_store(tmp_path):
     uri = log_study(root)["tracking_uri"]
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(f"depmicro-{STUDY}")
-    spec = small_study(tmp_path, "busy", epochs=40, num_samples=2, scheduler="none", baselines=["mean"],
+    spec = small_study(tmp_path, "busy", epochs=500, num_samples=2, scheduler="none", baselines=["mean"],
                        max_concurrent_trials=2)
     drv = Driver(["study", "run", spec, "--tracking-uri", uri, "--storage", tmp_path / "res"], cwd=tmp_path)
     try:
         drv.wait_for(" epoch 1 ", timeout=180)
-        overlapped = 0
-        for i in range(3):
-            running = drv.proc.poll() is None
+        for i in range(2):
             a = cli(["analyze", STUDY, "--tracking-uri", uri, "--out", tmp_path / f"review{i}", "--json"], tmp_path)
             assert a.returncode == 0, a.stderr[-3000:]
             assert "database is locked" not in a.stderr
             assert json.loads(a.stdout)["logged_to_parent"] is True
-            overlapped += running and drv.proc.poll() is None
-        assert overlapped >= 1, "the study ended before analyze ran next to it"
-        assert drv.wait(300) == 0, drv.stderr()[-3000:]
+        assert drv.proc.poll() is None, "the study ended before the analyses did"
+        os.kill(drv.proc.pid, signal.SIGINT)
+        assert drv.wait(120) == 130, drv.stderr()[-3000:]
     finally:
         drv.kill_group()
     assert "database is locked" not in drv.stderr()
