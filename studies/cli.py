@@ -11,7 +11,7 @@ from depmicro.core.errors import DepmicroError
 from depmicro.studies.fields import check_name, duration
 from depmicro.studies.schema import check_tracking_uri
 from depmicro.studies.spec import load_spec
-from depmicro.studies.state import STATE_FILE, experiment_dir, read_state
+from depmicro.studies.state import STATE_FILE, experiment_dir, read_state, refuse_if_running, storage_root
 
 
 def _common(p: argparse.ArgumentParser, address: bool = True) -> None:
@@ -50,10 +50,11 @@ def status_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def check_file(args: argparse.Namespace) -> None:
-    """The study file and the tracking URI, checked without Ray."""
-    load_spec(args.file)
+    """The study file, the tracking URI and whether a driver already runs the study, checked without Ray."""
+    spec = load_spec(args.file)
     if args.tracking_uri:
         check_tracking_uri(args.tracking_uri)
+    refuse_if_running(storage_root(args.storage), spec.name)
 
 
 def _check_name_and_uri(args: argparse.Namespace) -> Path:
@@ -64,8 +65,11 @@ def _check_name_and_uri(args: argparse.Namespace) -> Path:
 
 
 def check_resume(args: argparse.Namespace) -> None:
-    """The study name, the tracking URI and the study's state file, checked without Ray."""
-    read_state(_check_name_and_uri(args))
+    """The study name, the tracking URI, the study's state file and whether a driver already runs it, checked
+    without Ray."""
+    exp = _check_name_and_uri(args)
+    read_state(exp)
+    refuse_if_running(exp.parent, args.name)
 
 
 def check_status(args: argparse.Namespace) -> None:

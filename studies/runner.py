@@ -18,11 +18,8 @@ Search mapping (why each):
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -39,37 +36,9 @@ from depmicro.studies import confirm_phase, provenance, schema, tracking, tuner
 from depmicro.studies import status as recorded
 from depmicro.studies.prepare import prepare_data, warm_vae
 from depmicro.studies.spec import StudySpec, load_spec, split_data_key
-from depmicro.studies.state import STATE_FILE, experiment_dir, read_state, storage_root, write_state
+from depmicro.studies.state import STATE_FILE, experiment_dir, read_state, storage_root, study_lock, write_state
 from depmicro.studies.trainable import SharedData
 from depmicro.studies.warm_start import warm_points
-
-
-@contextlib.contextmanager
-def study_lock(storage: Path, name: str):
-    """One driver per study: an exclusive flock on `<storage>/.<name>.lock`, held while it runs.
-
-    The kernel drops an flock when its holder exits or is killed, so a lock file a crashed driver
-    left behind is not stale: the next driver simply takes it (the file keeps only the last holder's
-    pid and host, for the message). A file system without locks (ENOLCK/EOPNOTSUPP) runs unlocked.
-    """
-    storage.mkdir(parents=True, exist_ok=True)
-    path = storage / f".{name}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
-                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
-                raise DepmicroError(f"study {name!r} is already being run by {holder} (lock {path}); "
-                                    "wait for it, or stop that driver first") from None
-            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP):
-                raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"driver pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
-        yield path
-    finally:
-        os.close(fd)  # releases the flock
 
 
 # --- commands ---------------------------------------------------------------------------------

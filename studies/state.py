@@ -1,5 +1,5 @@
 """A study's state on disk: `<storage>/<name>/depmicro_study.json`, written by its driver and read by
-`study status` and `study resume`.
+`study status` and `study resume`, and the lock `<storage>/.<name>.lock` its driver holds.
 
 Why a module of its own: the state is hand-editable and resume acts on it, so it is checked field by
 field; the `study` commands' checks (studies/cli.py) read it before Ray, MLflow and torch load, so a
@@ -7,8 +7,12 @@ damaged or misnamed state is refused in a fraction of a second.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
+import socket
 from pathlib import Path
 
 from depmicro.core.errors import DepmicroError
@@ -66,3 +70,51 @@ def read_state(exp: Path) -> dict:
         raise DepmicroError(f"{p}: damaged study state (it describes study {spec.name!r}, not {exp.name!r})")
     state["spec_obj"] = spec
     return state
+
+
+@contextlib.contextmanager
+def study_lock(storage: Path, name: str):
+    """One driver per study: an exclusive flock on `<storage>/.<name>.lock`, held while it runs.
+
+    The kernel drops an flock when its holder exits or is killed, so a lock file a crashed driver
+    left behind is not stale: the next driver simply takes it (the file keeps only the last holder's
+    pid and host, for the message). A file system without locks (ENOLCK/EOPNOTSUPP) runs unlocked.
+    """
+    storage.mkdir(parents=True, exist_ok=True)
+    path = storage / f".{name}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                raise _running(fd, name, path) from None
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP):
+                raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"driver pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _running(fd: int, name: str, path: Path) -> DepmicroError:
+    holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+    return DepmicroError(f"study {name!r} is already being run by {holder} (lock {path}); wait for it, or stop that driver first")
+
+
+def refuse_if_running(storage: Path, name: str) -> None:
+    """Refuse now, before Ray and torch load, when a driver holds the study's lock. Only a fast answer:
+    it creates and writes nothing, and the driver still takes the lock itself (study_lock) before it acts."""
+    path = storage / f".{name}.lock"
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # no lock file, or none readable: study_lock decides
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+            raise _running(fd, name, path) from None
+    finally:
+        os.close(fd)  # releases the shared lock, if it was taken

@@ -308,7 +308,7 @@ def _study_cases() -> dict:
         return lambda e: ["study", "run", e.w("top.yaml", e.study().read_text() + text)]
 
     def locked(e: Env):
-        from depmicro.studies.runner import study_lock
+        from depmicro.studies.state import study_lock
 
         path = e.study("locked")
         ctx = study_lock(e.tmp / "results", "locked")
@@ -447,7 +447,7 @@ def test_bad_input_is_refused_in_one_line(case, tmp_path, bundle_src, logged_stu
 # Refused by the commands' checks, before the handler's module loads (core/cli/model_checks.py, studies/cli.py,
 # analysis/cli.py): a typo costs a second, not the import of torch, Ray or MLflow.
 LIGHT_CASES = ["empty config", "train --out .", "manifest not JSON", "impute --out = --data", "status, state not JSON",
-               "resume, state for another study", "export --out .", "analyze --out ."]
+               "resume, state for another study", "export --out .", "analyze --out .", "second driver of the same study"]
 HEAVY = ("torch", "ray", "mlflow")
 RUN_CLI_REPORTING_IMPORTS = ("import json, sys; from depmicro.core.cli import main; code = main(sys.argv[1:]); "
                              f"print(json.dumps([code, sorted(m for m in {HEAVY!r} if m in sys.modules)]))")
@@ -457,8 +457,13 @@ RUN_CLI_REPORTING_IMPORTS = ("import json, sys; from depmicro.core.cli import ma
 def test_refused_before_torch_ray_or_mlflow_load(case, tmp_path, bundle_src, logged_study):  # noqa: F811
     setup, expected = CASES[case]
     env = Env(tmp=tmp_path, bundle_src=bundle_src, study_uri=logged_study["tracking_uri"])
-    p = subprocess.run([sys.executable, "-c", RUN_CLI_REPORTING_IMPORTS, *map(str, setup(env))], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=120)
+    try:
+        p = subprocess.run([sys.executable, "-c", RUN_CLI_REPORTING_IMPORTS, *map(str, setup(env))], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+    finally:
+        held = getattr(env, "held", None)
+        if held is not None:
+            held.__exit__(None, None, None)
     assert expected in p.stderr, p.stderr[-3000:]
     assert json.loads(p.stdout) == [2, []]
 

@@ -1,6 +1,7 @@
 """The fault paths of issue 11, with real processes, asserting what MLflow and the study state say
-afterwards: a driver failing before its first trial, two drivers of one study, SIGINT/SIGTERM of the
-driver, a corrupt trial checkpoint, and `analyze` reading the SQLite store a running study writes."""
+afterwards: a driver failing before its first trial, SIGTERM of the driver, a corrupt trial checkpoint,
+and one running study that meets a second driver of itself, `analyze` reading the SQLite store it writes,
+and Ctrl-C (one scenario: each driver start costs tens of seconds of Ray and imports)."""
 from __future__ import annotations
 
 import json
@@ -73,44 +74,9 @@ def test_driver_failing_before_its_first_trial_ends_failed_and_can_run_again(tmp
     assert len(parents) == 1 and parents[0].info.status == "FAILED"  # the same parent run, reused
 
 
-@pytest.mark.slow
-@pytest.mark.cluster
-def test_second_driver_of_a_running_study_is_refused(tmp_path):
-    spec = small_study(tmp_path, "twice", epochs=40, num_samples=1, scheduler="none", baselines=[])
-    uri, storage = study_args(tmp_path)
-    first = Driver(["study", "run", spec, "--tracking-uri", uri, "--storage", storage], cwd=tmp_path, tag="first")
-    try:
-        first.wait_for("Ray:", timeout=120)
-        state_before = (storage / "twice" / "depmicro_study.json").read_text()
-        second = cli(["study", "run", spec, "--tracking-uri", uri, "--storage", storage], tmp_path, timeout=60)
-        assert second.returncode == 2, second.stderr[-2000:]
-        lines = second.stderr.strip().splitlines()
-        assert len(lines) == 1 and "is already being run by driver pid" in lines[0] and str(first.proc.pid) in lines[0]
-        resume = cli(["study", "resume", "twice", "--storage", storage], tmp_path, timeout=60)
-        assert resume.returncode == 2 and "already being run" in resume.stderr
-        assert (storage / "twice" / "depmicro_study.json").read_text() == state_before
-        assert first.proc.poll() is None  # the first driver is untouched
-    finally:
-        first.kill_group()
-    parents, _ = parent_run(uri, "twice")
-    assert len(parents) == 1
-
-
-@pytest.mark.slow
-@pytest.mark.cluster
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_interrupted_driver_is_killed_in_mlflow_with_a_resume_hint(tmp_path, sig):
-    name = f"stop{int(sig)}"
-    spec = small_study(tmp_path, name, epochs=8, num_samples=1, scheduler="none", baselines=[],
-                       synthetic={"n_samples": 600})
-    uri, storage = study_args(tmp_path)
-    drv = Driver(["study", "run", spec, "--tracking-uri", uri, "--storage", storage, "--json"], cwd=tmp_path)
-    try:
-        drv.wait_for(" epoch 2 ", timeout=180)
-        os.kill(drv.proc.pid, sig)  # the driver only, as a terminal's Ctrl-C or a scheduler's stop would
-        code = drv.wait(120)
-    finally:
-        drv.kill_group()
+def _assert_interrupted(drv: Driver, code: int, uri: str, name: str, storage: Path, n_trials: int) -> None:
+    """What an interrupted driver leaves: exit 130, a resume hint, the parent and trial runs KILLED in MLflow
+    (the trials' own status still RUNNING: resume continues them), and `study status` saying it is resumable."""
     err = drv.stderr()
     assert code == 130, err[-3000:]
     assert drv.stdout() == ""
@@ -118,10 +84,28 @@ def test_interrupted_driver_is_killed_in_mlflow_with_a_resume_hint(tmp_path, sig
     assert last.startswith("depmicro study run: interrupted") and f"depmicro study resume {name} --storage {storage}" in last
     parents, trials = parent_run(uri, name)
     assert parents[0].info.status == "KILLED" and "depmicro.error" not in parents[0].data.tags
-    assert len(trials) == 1 and trials[0].info.status == "KILLED"
-    assert trials[0].data.tags["depmicro.status"] == "RUNNING"  # not over: resume continues it
-    st = json.loads(cli(["study", "status", name, "--storage", storage, "--json"], tmp_path).stdout)
+    assert len(trials) == n_trials and all(t.info.status == "KILLED" for t in trials)
+    assert all(t.data.tags["depmicro.status"] == "RUNNING" for t in trials)
+    st = json.loads(cli(["study", "status", name, "--storage", storage, "--json"], drv.cwd).stdout)
     assert st["state"] == "KILLED" and st["resumable"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_sigterm_stops_the_driver_as_ctrl_c_does(tmp_path):
+    """A scheduler's SIGTERM to the driver only (Ctrl-C, SIGINT, is the end of the running-study test below)."""
+    name = "stop15"
+    spec = small_study(tmp_path, name, epochs=8, num_samples=1, scheduler="none", baselines=[],
+                       synthetic={"n_samples": 600})
+    uri, storage = study_args(tmp_path)
+    drv = Driver(["study", "run", spec, "--tracking-uri", uri, "--storage", storage, "--json"], cwd=tmp_path)
+    try:
+        drv.wait_for(" epoch 2 ", timeout=180)
+        os.kill(drv.proc.pid, signal.SIGTERM)
+        code = drv.wait(120)
+    finally:
+        drv.kill_group()
+    _assert_interrupted(drv, code, uri, name, storage, n_trials=1)
 
 
 def _results(storage: Path, name: str) -> list[dict]:
@@ -178,11 +162,12 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.cluster
-def test_analyze_while_a_study_writes_the_same_sqlite_store(tmp_path):
-    """A store holding the hand-logged study; a real study runs into the same SQLite file while
-    `analyze` reads the logged one and logs report.html to its parent run, twice over. The study has
-    more epochs than the test waits for: it is still writing when both analyses end, then Ctrl-C
-    stops it (its end-of-run writes are the interrupt path's, which test_interrupted_driver checks)."""
+def test_a_running_study_refuses_a_second_driver_serves_analyze_and_stops_on_ctrl_c(tmp_path):
+    """One study, running into a SQLite store that also holds the hand-logged study, meets three things in turn:
+    a second driver of it (`study run` and `study resume`), refused in one line without touching its state;
+    `analyze` of the other study, twice, logging report.html to that study's parent run (WAL: readers and the
+    writer never lock each other out); Ctrl-C, after which it is KILLED in MLflow and resumable. The study has
+    more epochs than the test waits for, so all of it happens while it runs."""
     from mlflow.tracking import MlflowClient
 
     from tests.mlflow_study import log_study
@@ -191,22 +176,34 @@ def test_analyze_while_a_study_writes_the_same_sqlite_store(tmp_path):
     uri = log_study(root)["tracking_uri"]
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(f"depmicro-{STUDY}")
-    spec = small_study(tmp_path, "busy", epochs=500, num_samples=2, scheduler="none", baselines=["mean"],
+    name, storage = "busy", tmp_path / "res"
+    spec = small_study(tmp_path, name, epochs=500, num_samples=2, scheduler="none", baselines=["mean"],
                        max_concurrent_trials=2)
-    drv = Driver(["study", "run", spec, "--tracking-uri", uri, "--storage", tmp_path / "res"], cwd=tmp_path)
+    drv = Driver(["study", "run", spec, "--tracking-uri", uri, "--storage", storage, "--json"], cwd=tmp_path)
     try:
         drv.wait_for(" epoch 1 ", timeout=180)
+        state_before = (storage / name / "depmicro_study.json").read_text()
+        second = cli(["study", "run", spec, "--tracking-uri", uri, "--storage", storage], tmp_path, timeout=60)
+        assert second.returncode == 2, second.stderr[-2000:]
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and "is already being run by driver pid" in lines[0] and str(drv.proc.pid) in lines[0]
+        resume = cli(["study", "resume", name, "--storage", storage], tmp_path, timeout=60)
+        assert resume.returncode == 2 and "already being run" in resume.stderr
+        assert (storage / name / "depmicro_study.json").read_text() == state_before
         for i in range(2):
             a = cli(["analyze", STUDY, "--tracking-uri", uri, "--out", tmp_path / f"review{i}", "--json"], tmp_path)
             assert a.returncode == 0, a.stderr[-3000:]
             assert "database is locked" not in a.stderr
             assert json.loads(a.stdout)["logged_to_parent"] is True
-        assert drv.proc.poll() is None, "the study ended before the analyses did"
+        assert drv.proc.poll() is None, "the study ended before the test did"
         os.kill(drv.proc.pid, signal.SIGINT)
-        assert drv.wait(120) == 130, drv.stderr()[-3000:]
+        code = drv.wait(120)
     finally:
         drv.kill_group()
     assert "database is locked" not in drv.stderr()
+    _assert_interrupted(drv, code, uri, name, storage, n_trials=2)
+    parents, _ = parent_run(uri, name)
+    assert len(parents) == 1  # the refused driver made no parent run of its own
     import sqlite3
 
     assert sqlite3.connect(root / "mlflow.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
