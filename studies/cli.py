@@ -11,7 +11,7 @@ from depmicro.core.errors import DepmicroError
 from depmicro.studies.fields import check_name, duration
 from depmicro.studies.schema import check_tracking_uri
 from depmicro.studies.spec import load_spec
-from depmicro.studies.state import STATE_FILE, experiment_dir, read_state, refuse_if_running, storage_root
+from depmicro.studies.state import STATE_FILE, check_resumable, experiment_dir, read_state, refuse_if_running, storage_root
 
 
 def _common(p: argparse.ArgumentParser, address: bool = True) -> None:
@@ -65,11 +65,12 @@ def _check_name_and_uri(args: argparse.Namespace) -> Path:
 
 
 def check_resume(args: argparse.Namespace) -> None:
-    """The study name, the tracking URI, the study's state file and whether a driver already runs it, checked
-    without Ray."""
+    """The study name, the tracking URI, the study's state file, whether a driver already runs it and whether its
+    data changed, checked without Ray (the runner checks all of it again under the lock)."""
     exp = _check_name_and_uri(args)
-    read_state(exp)
+    state = read_state(exp)
     refuse_if_running(exp.parent, args.name)
+    check_resumable(args.name, state, args.tracking_uri, args.allow_changed_data)
 
 
 def check_status(args: argparse.Namespace) -> None:

@@ -36,7 +36,8 @@ from depmicro.studies import confirm_phase, provenance, schema, tracking, tuner
 from depmicro.studies import status as recorded
 from depmicro.studies.prepare import prepare_data, warm_vae
 from depmicro.studies.spec import StudySpec, load_spec, split_data_key
-from depmicro.studies.state import STATE_FILE, experiment_dir, read_state, storage_root, study_lock, write_state
+from depmicro.studies.state import (STATE_FILE, check_resumable, experiment_dir, read_state, storage_root, study_lock,
+                                   write_state)
 from depmicro.studies.trainable import SharedData
 from depmicro.studies.warm_start import warm_points
 
@@ -106,14 +107,12 @@ def resume_study(name: str, address: str | None = None, tracking_uri: str | None
     read_state(exp)  # a damaged state is refused before the lock file is made
     with study_lock(exp.parent, name):
         state = read_state(exp)  # again: it may have changed while another driver held the lock
-        if tracking_uri and schema.normalize_tracking_uri(tracking_uri) != state["tracking_uri"]:
-            raise DepmicroError(f"study {name!r} is tracked at {state['tracking_uri']}; resume it there (got {tracking_uri})")
+        changed = check_resumable(name, state, tracking_uri, allow_changed_data)
         spec = state["spec_obj"]
         uri = schema.check_tracking_uri(state["tracking_uri"])
         if not tune.Tuner.can_restore(str(exp)):
             raise DepmicroError(f"study {name!r} at {exp} has no Tune state to resume (its driver stopped before the "
                                 "first trial started); run the study file again")
-        changed = provenance.check_resume(name, state, spec, allow_changed_data)
         exp_id, parent = tracking.start_study(spec, uri)
         resumed = {"at": time.time(), "git_commit": tracking.git_commit(), "versions": provenance.versions(),
                    "data_changed": {p: {"before": a, "now": b} for p, (a, b) in changed.items()},

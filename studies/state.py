@@ -17,6 +17,8 @@ from pathlib import Path
 
 from depmicro.core.errors import DepmicroError
 from depmicro.core.io.atomic import atomic_write_text
+from depmicro.studies import provenance
+from depmicro.studies.schema import normalize_tracking_uri
 from depmicro.studies.spec import check_name, spec_from_state
 
 STATE_FILE = "depmicro_study.json"
@@ -118,3 +120,11 @@ def refuse_if_running(storage: Path, name: str) -> None:
             raise _running(fd, name, path) from None
     finally:
         os.close(fd)  # releases the shared lock, if it was taken
+
+
+def check_resumable(name: str, state: dict, tracking_uri: str | None, allow_changed_data: bool) -> dict[str, tuple[str, str]]:
+    """Refuse to resume a study elsewhere than where it is tracked, or on changed data unless allowed; returns the
+    changed data files (provenance.check_resume)."""
+    if tracking_uri and normalize_tracking_uri(tracking_uri) != state["tracking_uri"]:
+        raise DepmicroError(f"study {name!r} is tracked at {state['tracking_uri']}; resume it there (got {tracking_uri})")
+    return provenance.check_resume(name, state, state["spec_obj"], allow_changed_data)

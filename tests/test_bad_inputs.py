@@ -337,6 +337,12 @@ def _study_cases() -> dict:
     def bad_space(state):
         state["spec"]["search_space"]["lr"] = {"type": "loguniform", "low": -1, "high": 1}
 
+    def data_changed(state):
+        state["provenance"] = {"data": {"/nowhere/counts.csv": "0" * 64}, "git_commit": "abc", "versions": {}}
+
+    def resume_elsewhere(e: Env):
+        return ["study", "resume", "qq", "--storage", e.state("qq"), "--tracking-uri", f"sqlite:///{e.tmp}/other.db"]
+
     return {
         "n_heads int 4..8 against hidden_dim 64": (space("n_heads", {"type": "int", "low": 4, "high": 8}),
                                                    "must be divisible by n_heads (5)"),
@@ -369,6 +375,8 @@ def _study_cases() -> dict:
                                          "no path separators"),
         "status, state not JSON": (status_state(raw="{half"), "unreadable study state"),
         "resume, state not JSON": (resume_state(raw="{half"), "unreadable study state"),
+        "resume, data changed since the start": (resume_state(edit=data_changed), "changed since the study started"),
+        "resume, tracked elsewhere": (resume_elsewhere, "resume it there"),
         "resume, state a list": (resume_state(raw="[1, 2]"), "not a JSON object"),
         "resume, state without tracking_uri": (resume_state(edit=no_uri), "'tracking_uri' missing"),
         "resume, state for another study": (resume_state(edit=renamed), "describes study 'other'"),
@@ -447,7 +455,8 @@ def test_bad_input_is_refused_in_one_line(case, tmp_path, bundle_src, logged_stu
 # Refused by the commands' checks, before the handler's module loads (core/cli/model_checks.py, studies/cli.py,
 # analysis/cli.py): a typo costs a second, not the import of torch, Ray or MLflow.
 LIGHT_CASES = ["empty config", "train --out .", "manifest not JSON", "impute --out = --data", "status, state not JSON",
-               "resume, state for another study", "export --out .", "analyze --out .", "second driver of the same study"]
+               "resume, state for another study", "export --out .", "analyze --out .", "second driver of the same study",
+               "resume, data changed since the start"]
 HEAVY = ("torch", "ray", "mlflow")
 RUN_CLI_REPORTING_IMPORTS = ("import json, sys; from depmicro.core.cli import main; code = main(sys.argv[1:]); "
                              f"print(json.dumps([code, sorted(m for m in {HEAVY!r} if m in sys.modules)]))")

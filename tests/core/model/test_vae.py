@@ -232,7 +232,8 @@ def test_learned_factors_make_a_better_imputer_on_planted_dependencies():
     pooled MLP context only approximates. Encoder alone, 300 x 30 synthetic (the quickstart's shape), Eq. 6 as
     written (visible weight 1), rank 8: held-out pcc_per_microbe on seeds 0-2 0.168 / 0.196 / 0.238 without, 0.306 /
     0.321 / 0.380 with (measured). The factors start random and need the training to become useful: at 60 epochs with
-    16-wide tokens the same comparison showed no gain. Asserts a gain above 0.05 on every seed."""
+    16-wide tokens the same comparison showed no gain. Asserts a gain above 0.05 on seeds 0 and 1 (gains of 0.14 and
+    0.13 measured; seed 2 added CI time, not a different answer)."""
     kw = dict(epochs=100, beta=0.001, batch_size=64, hidden=128)
-    gains = [_encoder_pcc(30, seed, factor_rank=8, **kw) - _encoder_pcc(30, seed, factor_rank=0, **kw) for seed in (0, 1, 2)]
+    gains = [_encoder_pcc(30, seed, factor_rank=8, **kw) - _encoder_pcc(30, seed, factor_rank=0, **kw) for seed in (0, 1)]
     assert min(gains) > 0.05, gains
