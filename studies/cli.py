@@ -1,6 +1,6 @@
-"""The `depmicro study` commands: their table, arguments and the checks that refuse a bad study file,
-name, tracking URI or study state before the handlers' modules (studies/commands.py: Ray, MLflow, torch; studies/status.py: MLflow) load,
-so a mistake costs a fraction of a second."""
+"""The `depmicro study` commands: their table, arguments and the checks that refuse a bad study file, name,
+tracking URI or study state, or a study another driver runs, before the handlers' modules load (studies/commands.py:
+Ray, MLflow, torch; studies/status.py: MLflow), so a mistake costs about a second."""
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,4 @@
-"""A study spec becomes one Ray Tune experiment: run, resume, status.
+"""A study spec becomes one Ray Tune experiment: run and resume (what `study status` reads: status.py).
 
 Layout on disk: `<storage>/<study name>/` is the Tune experiment directory (Tune's own state,
 trial directories, checkpoints) plus `depmicro_study.json` (the resolved spec with absolute paths,

@@ -107,7 +107,9 @@ def _running(fd: int, name: str, path: Path) -> DepmicroError:
 
 def refuse_if_running(storage: Path, name: str) -> None:
     """Refuse now, before Ray and torch load, when a driver holds the study's lock. Only a fast answer:
-    it creates and writes nothing, and the driver still takes the lock itself (study_lock) before it acts."""
+    it creates and writes nothing, and the driver still takes the lock itself (study_lock) before it acts.
+    The shared lock it holds for a moment would refuse a driver starting in that same moment, which is
+    then told to wait for a driver that is not there: a race of microseconds, left as it is."""
     path = storage / f".{name}.lock"
     try:
         fd = os.open(path, os.O_RDONLY)
