@@ -436,6 +436,13 @@ def check_refused(args: list, cwd: Path, expected: str, roots: list[Path]) -> st
     return lines[0]
 
 
+def release_held(env: Env) -> None:
+    """A case that holds a study's lock (`locked`) keeps it until the command has run."""
+    held = getattr(env, "held", None)
+    if held is not None:
+        held.__exit__(None, None, None)
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_is_refused_in_one_line(case, tmp_path, bundle_src, logged_study):  # noqa: F811
     setup, expected = CASES[case]
@@ -447,9 +454,7 @@ def test_bad_input_is_refused_in_one_line(case, tmp_path, bundle_src, logged_stu
     try:
         check_refused(args, work, expected, roots)
     finally:
-        held = getattr(env, "held", None)
-        if held is not None:
-            held.__exit__(None, None, None)
+        release_held(env)
 
 
 # Refused by the commands' checks, before the handler's module loads (core/cli/model_checks.py, studies/cli.py,
@@ -470,9 +475,7 @@ def test_refused_before_torch_ray_or_mlflow_load(case, tmp_path, bundle_src, log
         p = subprocess.run([sys.executable, "-c", RUN_CLI_REPORTING_IMPORTS, *map(str, setup(env))], cwd=tmp_path,
                            capture_output=True, text=True, timeout=120)
     finally:
-        held = getattr(env, "held", None)
-        if held is not None:
-            held.__exit__(None, None, None)
+        release_held(env)
     assert expected in p.stderr, p.stderr[-3000:]
     assert json.loads(p.stdout) == [2, []]
 
