@@ -38,6 +38,8 @@ class ModelConfig:
                                             # beside 1 for the hidden ones; 0: hidden entries only, as before
     vae_factor_rank_alt: int = 0   # r' > 0: `fit` also trains the VAE at factor rank r' and keeps the rank whose encoder
                                    # alone scores better on the validation mask (before any DAT step); 0: off
+    vae_ema_decay: float = 0.0     # each VAE phase ends with an exponential moving average of its weights (per step);
+                                   # 0: off, the last step's weights as before
     vae_token_sample: int = 256    # microbes per VAE step whose tokens enter the loss (one random subset per batch, loss
                                    # rescaled to all D); 0 or >= D: all of them, exactly as before (no random draw)
     freeze_vae: bool = True        # keep the VAE fixed while the DAT learns (latent diffusion practice)
@@ -156,8 +158,9 @@ def _check(cfg: ModelConfig) -> ModelConfig:
         raise DepmicroError(f"config hidden_dim ({cfg.hidden_dim}) must be divisible by n_heads ({cfg.n_heads})")
     if cfg.sampling_fraction > cfg.timesteps:
         raise DepmicroError(f"config sampling_fraction ({cfg.sampling_fraction}) exceeds timesteps ({cfg.timesteps})")
-    if not 0 <= cfg.ema_decay < 1:
-        raise DepmicroError(f"config ema_decay must be in [0, 1), not {cfg.ema_decay!r}")
+    for name in ("ema_decay", "vae_ema_decay"):
+        if not 0 <= getattr(cfg, name) < 1:
+            raise DepmicroError(f"config {name} must be in [0, 1), not {getattr(cfg, name)!r}")
     if cfg.sampler_eta > 1:
         raise DepmicroError(f"config sampler_eta must be in [0, 1], not {cfg.sampler_eta!r}")
     if not (0 < cfg.test_ratio < 1 and 0 <= cfg.val_ratio < 1 and cfg.test_ratio + cfg.val_ratio < 1):

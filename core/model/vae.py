@@ -166,7 +166,8 @@ def corrupt(m: np.ndarray, Y: np.ndarray, ratio: float, rng: np.random.Generator
 
 def train_vae(vae: TokenVAE, sets: Sequence[tuple[np.ndarray, np.ndarray]], *, epochs: int, lr: float, beta: float,
               batch_size: int, mask_ratio: float, rng: np.random.Generator, device: torch.device,
-              token_sample: int = 0, visible_weight: float = 1.0, factor_visible_weight: float = 0.0) -> list[float]:
+              token_sample: int = 0, visible_weight: float = 1.0, factor_visible_weight: float = 0.0,
+              ema_decay: float = 0.0) -> list[float]:
     """Fit the VAE on (Y, observed) pairs; the encoder input is randomly corrupted so it learns to
     encode profiles with entries missing, and the loss covers every observed entry (in expectation,
     when `token_sample` < D draws one subset of microbes per batch; at or above D, or 0, nothing is
@@ -175,13 +176,20 @@ def train_vae(vae: TokenVAE, sets: Sequence[tuple[np.ndarray, np.ndarray]], *, e
     `visible_weight` < 1 weighs the entries the encoder saw below the hidden ones (as masked
     autoencoders and ReMasker do). Why: reconstructing a visible value from itself is easy and, at
     weight 1, is most of the loss, while imputation is the hidden entries alone; at 1 the loss
-    mask is the observed mask, bit for bit as before."""
+    mask is the observed mask, bit for bit as before.
+
+    `ema_decay` > 0 keeps an exponential moving average of the weights over the call, started from the
+    weights it was given, and ends with the VAE holding that average. Why: at a constant learning rate the
+    encoder's held-out score moves by 0.03-0.05 from one epoch to the next (docs/model-log.md section 18),
+    so the last step's weights are a draw from that spread; the average is not. At 0 nothing changes."""
     if epochs <= 0 or not sets:
         return []
     Y = np.concatenate([s[0] for s in sets]).astype(np.float32)
     M = np.concatenate([s[1] for s in sets]).astype(bool)
     Y = np.where(M, np.nan_to_num(Y), 0.0).astype(np.float32)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=1e-4)
+    params = [p for p in vae.parameters() if p.requires_grad]
+    ema = [p.detach().clone() for p in params] if ema_decay > 0 else None
     losses = []
     vae.train()
     for _ in range(epochs):
@@ -202,7 +210,14 @@ def train_vae(vae: TokenVAE, sets: Sequence[tuple[np.ndarray, np.ndarray]], *, e
             loss.backward()
             nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
             opt.step()
+            if ema is not None:
+                with torch.no_grad():
+                    torch._foreach_lerp_(ema, [p.detach() for p in params], 1.0 - ema_decay)
             tot += loss.item() * len(idx)
         losses.append(tot / len(Y))
+    if ema is not None:
+        with torch.no_grad():
+            for p, e in zip(params, ema):
+                p.copy_(e)
     vae.eval()
     return losses

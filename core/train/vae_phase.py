@@ -45,7 +45,10 @@ FORMAT = "depmicro-vae/2"
 # then train_vae reads the rest); vae_pretrain enters the key through the pretraining matrices it lets in
 VAE_FIELDS = ("latent_dim", "vae_hidden", "vae_beta", "vae_epochs", "vae_lr", "batch_size", "train_mask_ratio", "seed",
               "vae_token_sample", "vae_visible_weight", "vae_readout",
-              "vae_factor_rank", "vae_factor_init", "vae_factor_visible_weight")
+              "vae_factor_rank", "vae_factor_init", "vae_factor_visible_weight", "vae_ema_decay")
+# fields added after FORMAT 2 shipped, with their defaults: at the default they stay out of the key, so an entry
+# trained before the field existed (which trained exactly as the default does) is still a hit
+KEYED_WHEN_SET = {"vae_ema_decay": 0.0}
 
 
 @dataclass
@@ -59,7 +62,7 @@ class VaeEntry:
 
 
 def vae_settings(cfg) -> dict:
-    return {k: getattr(cfg, k) for k in VAE_FIELDS}
+    return {k: getattr(cfg, k) for k in VAE_FIELDS if not (k in KEYED_WHEN_SET and getattr(cfg, k) == KEYED_WHEN_SET[k])}
 
 
 def vae_cache_key(cfg, Y_view: np.ndarray, observed: np.ndarray, pretrain: Sequence[np.ndarray] = ()) -> str:
@@ -163,7 +166,8 @@ def train_vae_entry(cfg: ModelConfig, Y_view: np.ndarray, observed: np.ndarray, 
     losses = {}
     opts = dict(epochs=cfg.vae_epochs, lr=cfg.vae_lr, beta=cfg.vae_beta, batch_size=cfg.batch_size,
                 mask_ratio=cfg.train_mask_ratio, rng=rng, device=cpu, token_sample=cfg.vae_token_sample,
-                visible_weight=cfg.vae_visible_weight, factor_visible_weight=cfg.vae_factor_visible_weight)
+                visible_weight=cfg.vae_visible_weight, factor_visible_weight=cfg.vae_factor_visible_weight,
+                ema_decay=cfg.vae_ema_decay)
     if cfg.vae_pretrain and len(pretrain):
         losses["vae_pretrain_loss"] = train_vae(vae, [(P, np.ones_like(P, dtype=bool)) for P in pretrain], **opts)[-1:]
     losses["vae_loss"] = train_vae(vae, [(Y_view, observed)], **opts)[-1:]

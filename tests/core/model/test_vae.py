@@ -237,3 +237,26 @@ def test_learned_factors_make_a_better_imputer_on_planted_dependencies():
     kw = dict(epochs=100, beta=0.001, batch_size=64, hidden=128)
     gains = [_encoder_pcc(30, seed, factor_rank=8, **kw) - _encoder_pcc(30, seed, factor_rank=0, **kw) for seed in (0, 1)]
     assert min(gains) > 0.05, gains
+
+
+def _one_step(ema_decay: float) -> tuple[dict, dict]:
+    """The VAE before and after one optimizer step (40 rows, one batch, one epoch)."""
+    torch.manual_seed(0)
+    vae = TokenVAE(12, latent_dim=2, hidden=16, token_hidden=8, readout=True, factor_rank=3)
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    g = np.random.default_rng(3)
+    Y = (g.random((40, 12)) * (g.random((40, 12)) < 0.5)).astype(np.float32)
+    train_vae(vae, [(Y, np.ones_like(Y, dtype=bool))], epochs=1, lr=1e-2, beta=1e-3, batch_size=64, mask_ratio=0.2,
+              rng=np.random.default_rng(0), device=torch.device("cpu"), ema_decay=ema_decay)
+    return before, {k: v.clone() for k, v in vae.state_dict().items()}
+
+
+def test_vae_ema_ends_on_the_average_of_the_weights():
+    w0, w1 = _one_step(0.0)  # the plain step
+    moved = [k for k in w0 if not torch.equal(w0[k], w1[k])]
+    assert len(moved) >= 10  # the step moves nearly every tensor, so the checks below can tell the weights apart
+    _, avg = _one_step(0.75)
+    # after one step the average started from the initial weights is 0.75 * before + 0.25 * after
+    for k in w0:
+        torch.testing.assert_close(avg[k], 0.75 * w0[k] + 0.25 * w1[k], rtol=1e-5, atol=1e-6)
+    assert all(not torch.allclose(avg[k], w1[k]) for k in moved)

@@ -11,7 +11,7 @@ from depmicro.core.errors import DepmicroError
 from depmicro.core.data.evaluation import evaluate, make_split, training_view
 from depmicro.core.data.synthetic import make_synthetic
 from depmicro.core.train import cached_vae_entry, fit
-from depmicro.core.train.vae_phase import entry_path, load_vae_entry, vae_cache_key
+from depmicro.core.train.vae_phase import entry_path, load_vae_entry, vae_cache_key, vae_settings
 
 TINY = dict(latent_dim=2, vae_hidden=16, hidden_dim=16, n_layers=1, n_heads=2, vae_epochs=3, epochs=2, batch_size=32,
             timesteps=50, sampling="fractional", sampling_fraction=10, use_metadata=False, vae_pretrain=True,
@@ -85,7 +85,7 @@ def test_key_follows_the_vae_inputs_only(sets):
                      lr=3e-3, hidden_dim=32, epochs=9).items():
         assert vae_cache_key(cfg_of(**{k: v}), view, obs, pre) == base, k
     for k, v in dict(latent_dim=3, vae_hidden=8, vae_beta=0.01, vae_epochs=4, vae_lr=1e-3, batch_size=16,
-                     train_mask_ratio=0.3, seed=1, vae_token_sample=64).items():
+                     train_mask_ratio=0.3, seed=1, vae_token_sample=64, vae_ema_decay=0.99).items():
         assert vae_cache_key(cfg_of(**{k: v}), view, obs, pre) != base, k
     other_split = make_split(Y, seed=1)  # another held-out mask
     assert vae_cache_key(cfg_of(), training_view(Y, other_split), other_split.observed, pre) != base
@@ -97,6 +97,8 @@ def test_key_follows_the_vae_inputs_only(sets):
     assert vae_cache_key(cfg_of(), view, obs, pre2) != base
     assert vae_cache_key(cfg_of(), view, obs, []) != base
     assert vae_cache_key(cfg_of(vae_pretrain=False), view, obs, pre) != base
+    # a field added later enters the key only away from its default, so entries trained before it stay hits
+    assert "vae_ema_decay" not in vae_settings(cfg_of()) and vae_settings(cfg_of(vae_ema_decay=0.99))["vae_ema_decay"] == 0.99
     # without pretraining the pretraining sets are not read, so they are not in the key
     assert vae_cache_key(cfg_of(vae_pretrain=False), view, obs, pre) == vae_cache_key(cfg_of(vae_pretrain=False), view, obs, pre2)
 
