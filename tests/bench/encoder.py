@@ -2,7 +2,8 @@
 
 Each variant trains the VAE phase exactly as `fit` does (train_vae_entry: pretraining on the other TCMA
 sets, then fine-tuning on the target's training view) and imputes with `encode` -> `decode` of the
-m-latent, what an untrained DAT returns. Cheap (about a minute per variant) next to a whole fit, so
+m-latent, what an untrained DAT returns; `seen_hides` scores the same encoder on hidden *training* entries, the
+values it trained on (its memory, against its inference on validation). Cheap (about a minute per variant) next to a whole fit, so
 VAE choices can be screened here before a whole-model comparison (variants.py).
 
     OMP_NUM_THREADS=1 python tests/bench/encoder.py --data coad --seed 0 \
@@ -50,6 +51,21 @@ def factor_estimate(state: dict, cfg, Y: np.ndarray, observed: np.ndarray) -> np
     return np.where(observed, Y, out)
 
 
+def seen_entry_score(state: dict, cfg, Y: np.ndarray, view: np.ndarray, observed: np.ndarray, n_hide: int,
+                     repeats: int = 3, seed: int = 123) -> float:
+    """The encoder's pcc_per_microbe on random hides of *training* entries (values it trained on), as many as
+    validation holds, averaged over `repeats` draws. Against its validation figure this is how much of a profile the
+    encoder remembers rather than infers: the targets a DAT trains on are such entries (docs/model-log.md section 19)."""
+    rng = np.random.default_rng(seed)
+    cand = observed & (np.nan_to_num(view) > 0)
+    scores = []
+    for _ in range(repeats):
+        hide = cand & (rng.random(cand.shape) < n_hide / max(cand.sum(), 1))
+        obs = observed & ~hide
+        scores.append(evaluate(Y, encoder_estimate(state, cfg, np.where(obs, view, np.nan), obs), hide)[M])
+    return float(np.mean(scores))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="coad", choices=SETS)
@@ -72,7 +88,8 @@ def main() -> None:
         entry = train_vae_entry(cfg, view, obs, others if cfg.vae_pretrain else [])
         filled = encoder_estimate(entry.state, cfg, view, obs)
         rows.append({"variant": name, "overrides": overrides, "val": round(evaluate(Y, filled, split.val)[M], 4),
-                     "test": round(evaluate(Y, filled, split.test)[M], 4), "seconds": round(time.perf_counter() - t0, 1)})
+                     "test": round(evaluate(Y, filled, split.test)[M], 4), "seconds": round(time.perf_counter() - t0, 1),
+                     "seen_hides": round(seen_entry_score(entry.state, cfg, Y, view, obs, int(split.val.sum())), 4)})
         if cfg.vae_factor_rank:  # the factor model's own ridge prediction, what the tokens read beside their values
             lin = factor_estimate(entry.state, cfg, view, obs)
             rows[-1].update(factor_val=round(evaluate(Y, lin, split.val)[M], 4), factor_test=round(evaluate(Y, lin, split.test)[M], 4))
