@@ -2,9 +2,10 @@
 
 Each variant trains the VAE phase exactly as `fit` does (train_vae_entry: pretraining on the other TCMA
 sets, then fine-tuning on the target's training view) and imputes with `encode` -> `decode` of the
-m-latent, what an untrained DAT returns; `seen_hides` scores the same encoder on hidden *training* entries, the
-values it trained on (its memory, against its inference on validation). Cheap (about a minute per variant) next to a whole fit, so
-VAE choices can be screened here before a whole-model comparison (variants.py).
+m-latent, what an untrained DAT returns; `seen_hides` scores the same encoder on hidden *training* entries,
+the values it trained on (its memory, against its inference on validation). Cheap (about a minute per
+variant) next to a whole fit, so VAE choices can be screened here before a whole-model comparison
+(variants.py).
 
     OMP_NUM_THREADS=1 python tests/bench/encoder.py --data coad --seed 0 \
         --variant base: --variant vw01:vae_beta=0,vae_visible_weight=0.1 --baselines iterative
