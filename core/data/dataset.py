@@ -269,7 +269,9 @@ def _validated(X: np.ndarray, obs: list[str], var: list[str], p: Path, allow_mis
         if len(dup):
             raise DepmicroError(f"{p}: duplicate {kind} id {dup[0]!r}")
     missing = nan if nan.any() else None
-    counts = np.where(nan, 0.0, X)
+    # row-major whatever layout pandas handed back: row sums then add in the same order as for an .h5ad, so a table
+    # and the same counts as .h5ad normalize bit for bit (column-major gave 1-ulp differences)
+    counts = np.ascontiguousarray(np.where(nan, 0.0, X))
     return Dataset(counts=counts, obs_names=obs, var_names=var, metadata=meta, name=p.name.split(".")[0], missing=missing)
 
 

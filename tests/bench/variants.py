@@ -2,13 +2,18 @@
 
     python tests/bench/variants.py --data stad --seed 0 --config studies/configs/tiny.yaml \
         --variant base: --variant steps=train_steps=2000,lr_schedule=cosine,warmup_steps=100,ema_decay=0.999 \
-        [--baselines iterative knn] [--vae-cache .depmicro_cache]
+        [--baselines iterative knn] [--vae-cache .depmicro_cache] [--vae-state FILE] [--tcma DIR]
 
 Each --variant is NAME:key=value,key=value (overrides on top of --config). For every variant it
 reports validation and test pcc_per_microbe of the model's estimate, the same test figure after
 the missing-mass projection (core/projection.py, a protocol artifact), the encoder alone
 (`encoder_impute`, the DAT's floor) and the training seconds; each baseline gets the test figure
 with and without the same projection. Prints one JSON object; rows also go to stderr as they finish.
+
+`--vae-state FILE` takes the VAE from one cache entry (a `vae-<key>.safetensors` of core/train/vae_phase.py)
+whatever its key, so a DAT can be trained on another machine on the very VAE a CPU run trained: the key holds
+the torch version, which differs between machines. Its tensors' checksum is still checked; the variants' VAE
+fields must build the same VAE shapes (load_state_dict refuses others), and no variant trains a VAE then.
 """
 from __future__ import annotations
 
@@ -19,12 +24,15 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from depmicro.core.data.baselines import impute_with_baseline
 from depmicro.core.model.config import load_config
 from depmicro.core.data import load_dataset
 from depmicro.core.data.projection import project_missing_mass
 from depmicro.core.data.evaluation import evaluate, make_split, training_view
 from depmicro.core.train import fit
+from depmicro.core.train.vae_phase import load_vae_entry, vae_cache_key
 
 ROOT = Path(__file__).resolve().parents[2]
 TCMA = ROOT.parent / "shared" / "data" / "tcma"
@@ -52,10 +60,20 @@ def main() -> None:
     ap.add_argument("--baselines", nargs="*", default=[])
     ap.add_argument("--no-pretrain", action="store_true")
     ap.add_argument("--vae-cache", default=str(ROOT / ".depmicro_cache"))
+    ap.add_argument("--vae-state", help="a VAE cache entry to use whatever its key (trained on another machine)")
+    ap.add_argument("--progress", action="store_true", help="each epoch's loss and validation to stderr")
+    ap.add_argument("--tcma", default=str(TCMA), help="folder of SET.h5ad (or SET.csv) and SET_metadata.tsv")
     args = ap.parse_args()
-    meta = TCMA / f"{args.data}_metadata.tsv"
-    ds = load_dataset(TCMA / f"{args.data}.h5ad", metadata=meta if meta.exists() else None)
-    others = [] if args.no_pretrain else [load_dataset(TCMA / f"{s}.h5ad") for s in SETS if s != args.data]
+    tcma = Path(args.tcma)
+
+    def data_file(name: str) -> Path:
+        h5ad = tcma / f"{name}.h5ad"
+        return h5ad if h5ad.exists() or not (tcma / f"{name}.csv").exists() else tcma / f"{name}.csv"
+
+    meta = tcma / f"{args.data}_metadata.tsv"
+    ds = load_dataset(data_file(args.data), metadata=meta if meta.exists() else None)
+    others = [] if args.no_pretrain else [load_dataset(data_file(s)) for s in SETS if s != args.data]
+    vae_state = load_vae_entry(args.vae_state) if args.vae_state else None
     Y = ds.normalized
     rows: list[dict] = []
 
@@ -69,9 +87,15 @@ def main() -> None:
         cfg = load_config(args.config, [*overrides, f"seed={args.seed}"])
         split = split or make_split(Y, seed=args.seed, test_ratio=cfg.test_ratio, val_ratio=cfg.val_ratio)
         view, obs = training_view(Y, split), split.observed
+        entries = None
+        if vae_state is not None:  # filed under the key this machine computes for these inputs
+            entries = {vae_cache_key(cfg, view, obs, [o.normalized for o in others]): vae_state}
         t0 = time.perf_counter()
-        res = fit(cfg, ds, split, pretrain=others, vae_cache_dir=args.vae_cache)
+        res = fit(cfg, ds, split, pretrain=others, vae_cache_dir=None if entries else args.vae_cache, vae_entries=entries,
+                  progress=args.progress)
         sec = time.perf_counter() - t0
+        if entries and res.vae_source != "shared":
+            raise SystemExit(f"variant {name}: the VAE was {res.vae_source}, not the --vae-state entry")
         imp = res.imputer
         filled = imp.impute(view, obs, ds.metadata_text() if cfg.use_metadata else None)
         enc = imp.encoder_impute(view, obs)
@@ -89,7 +113,9 @@ def main() -> None:
               "seconds": round(sec, 1)})
     print(json.dumps({"benchmark": "model variants, one split", "data": args.data, "seed": args.seed,
                       "config": os.path.relpath(args.config, ROOT), "rows": rows,
-                      "machine": {"cpus": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2)}}, indent=2))
+                      "machine": {"cpus": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2),
+                                  "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+                                  "torch": torch.__version__}}, indent=2))
 
 
 if __name__ == "__main__":
