@@ -2,7 +2,7 @@
 
     python tests/bench/variants.py --data stad --seed 0 --config studies/configs/tiny.yaml \
         --variant base: --variant steps=train_steps=2000,lr_schedule=cosine,warmup_steps=100,ema_decay=0.999 \
-        [--baselines iterative knn] [--vae-cache .depmicro_cache] [--vae-state FILE] [--tcma DIR]
+        [--baselines iterative knn] [--vae-cache .depmicro_cache] [--vae-state FILE] [--tcma DIR] [--progress]
 
 Each --variant is NAME:key=value,key=value (overrides on top of --config). For every variant it
 reports validation and test pcc_per_microbe of the model's estimate, the same test figure after
