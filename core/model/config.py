@@ -40,6 +40,8 @@ class ModelConfig:
                                    # alone scores better on the validation mask (before any DAT step); 0: off
     vae_ema_decay: float = 0.0     # each VAE phase ends with an exponential moving average of its weights (per step);
                                    # 0: off, the last step's weights as before
+    vae_joint_finetune: bool = False  # fine-tune on the target's training view together with the pretraining sets
+                                      # (as pretraining sees them: every entry observed); False: the target alone
     vae_token_sample: int = 256    # microbes per VAE step whose tokens enter the loss (one random subset per batch, loss
                                    # rescaled to all D); 0 or >= D: all of them, exactly as before (no random draw)
     freeze_vae: bool = True        # keep the VAE fixed while the DAT learns (latent diffusion practice)

@@ -45,10 +45,11 @@ FORMAT = "depmicro-vae/2"
 # then train_vae reads the rest); vae_pretrain enters the key through the pretraining matrices it lets in
 VAE_FIELDS = ("latent_dim", "vae_hidden", "vae_beta", "vae_epochs", "vae_lr", "batch_size", "train_mask_ratio", "seed",
               "vae_token_sample", "vae_visible_weight", "vae_readout",
-              "vae_factor_rank", "vae_factor_init", "vae_factor_visible_weight", "vae_ema_decay")
+              "vae_factor_rank", "vae_factor_init", "vae_factor_visible_weight", "vae_ema_decay",
+              "vae_joint_finetune")
 # fields added after FORMAT 2 shipped, with their defaults: at the default they stay out of the key, so an entry
 # trained before the field existed (which trained exactly as the default does) is still a hit
-KEYED_WHEN_SET = {"vae_ema_decay": 0.0}
+KEYED_WHEN_SET = {"vae_ema_decay": 0.0, "vae_joint_finetune": False}
 
 
 @dataclass
@@ -149,7 +150,9 @@ def read_vae_entry(cache_dir: str | Path, key: str) -> VaeEntry | None:
 def train_vae_entry(cfg: ModelConfig, Y_view: np.ndarray, observed: np.ndarray, pretrain: Sequence[np.ndarray] = (),
                     key: str | None = None) -> VaeEntry:
     """The VAE phase on its own: pretraining on the other sets (leave-target-out), then fine-tuning on
-    the target's training view, `cfg.vae_epochs` each, on the CPU.
+    the target's training view, `cfg.vae_epochs` each, on the CPU. With `vae_joint_finetune` the fine-tuning
+    keeps the other sets beside the target's view. Why: the encoder is bound by the target's few hundred rows
+    (it remembers their entries: docs/model-log.md section 19), and the other sets go on regularizing it.
 
     It reseeds every RNG from cfg.seed first and builds its own TokenVAE, so its result is a function
     of the vae_cache_key inputs only (the same init the imputer draws: the VAE is the first module
@@ -168,9 +171,10 @@ def train_vae_entry(cfg: ModelConfig, Y_view: np.ndarray, observed: np.ndarray, 
                 mask_ratio=cfg.train_mask_ratio, rng=rng, device=cpu, token_sample=cfg.vae_token_sample,
                 visible_weight=cfg.vae_visible_weight, factor_visible_weight=cfg.vae_factor_visible_weight,
                 ema_decay=cfg.vae_ema_decay)
-    if cfg.vae_pretrain and len(pretrain):
-        losses["vae_pretrain_loss"] = train_vae(vae, [(P, np.ones_like(P, dtype=bool)) for P in pretrain], **opts)[-1:]
-    losses["vae_loss"] = train_vae(vae, [(Y_view, observed)], **opts)[-1:]
+    others = [(P, np.ones_like(P, dtype=bool)) for P in pretrain] if cfg.vae_pretrain else []
+    if others:
+        losses["vae_pretrain_loss"] = train_vae(vae, others, **opts)[-1:]
+    losses["vae_loss"] = train_vae(vae, [(Y_view, observed), *(others if cfg.vae_joint_finetune else [])], **opts)[-1:]
     state = {k: v.detach().cpu().clone() for k, v in vae.state_dict().items()}
     key = key or vae_cache_key(cfg, Y_view, observed, pretrain)
     return VaeEntry(key=key, state=state, losses=losses, seconds=time.perf_counter() - t0)

@@ -40,7 +40,8 @@ def test_shipped_configs_load():
     tiny, paper = load_config(root / "tiny.yaml"), load_config(root / "paper.yaml")
     assert paper.timesteps == 1000 and paper.hidden_dim > tiny.hidden_dim
     small = load_config(root / "small.yaml")
-    # tiny's VAE plus the readout, the factor layer and the EMA of the VAE's weights
-    assert vae_settings(small) == {**vae_settings(tiny), "vae_readout": True, "vae_factor_rank": 64,
-                                   "vae_factor_visible_weight": 1.0, "vae_ema_decay": 0.995}
+    # tiny's VAE plus the readout, the factor layer, the EMA of the VAE's weights and fine-tuning beside the other sets
+    assert vae_settings(small) == {**vae_settings(tiny), "vae_epochs": 150, "vae_readout": True, "vae_factor_rank": 64,
+                                   "vae_factor_visible_weight": 1.0, "vae_ema_decay": 0.995, "vae_joint_finetune": True}
+    assert vae_settings(paper) == vae_settings(small)  # paper.yaml is small.yaml's VAE under a wider DAT
     assert small.estimate == "mean" and small.train_steps > 0 and small.ema_decay > 0

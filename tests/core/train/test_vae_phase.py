@@ -85,7 +85,8 @@ def test_key_follows_the_vae_inputs_only(sets):
                      lr=3e-3, hidden_dim=32, epochs=9).items():
         assert vae_cache_key(cfg_of(**{k: v}), view, obs, pre) == base, k
     for k, v in dict(latent_dim=3, vae_hidden=8, vae_beta=0.01, vae_epochs=4, vae_lr=1e-3, batch_size=16,
-                     train_mask_ratio=0.3, seed=1, vae_token_sample=64, vae_ema_decay=0.99).items():
+                     train_mask_ratio=0.3, seed=1, vae_token_sample=64, vae_ema_decay=0.99,
+                     vae_joint_finetune=True).items():
         assert vae_cache_key(cfg_of(**{k: v}), view, obs, pre) != base, k
     other_split = make_split(Y, seed=1)  # another held-out mask
     assert vae_cache_key(cfg_of(), training_view(Y, other_split), other_split.observed, pre) != base
@@ -98,9 +99,32 @@ def test_key_follows_the_vae_inputs_only(sets):
     assert vae_cache_key(cfg_of(), view, obs, []) != base
     assert vae_cache_key(cfg_of(vae_pretrain=False), view, obs, pre) != base
     # a field added later enters the key only away from its default, so entries trained before it stay hits
+    assert "vae_joint_finetune" not in vae_settings(cfg_of())
     assert "vae_ema_decay" not in vae_settings(cfg_of()) and vae_settings(cfg_of(vae_ema_decay=0.99))["vae_ema_decay"] == 0.99
     # without pretraining the pretraining sets are not read, so they are not in the key
     assert vae_cache_key(cfg_of(vae_pretrain=False), view, obs, pre) == vae_cache_key(cfg_of(vae_pretrain=False), view, obs, pre2)
+
+
+def test_joint_finetune_keeps_the_pretraining_sets_beside_the_target(sets, monkeypatch):
+    import depmicro.core.train.vae_phase as vae_phase
+
+    data, other, split = sets
+    view, obs, pre = training_view(data.normalized, split), split.observed, [other.normalized]
+    rows, real = [], vae_phase.train_vae
+
+    def spy(vae, pairs, **kw):
+        rows.append([len(Y) for Y, _ in pairs])
+        return real(vae, pairs, **kw)
+
+    monkeypatch.setattr(vae_phase, "train_vae", spy)
+    plain = vae_phase.train_vae_entry(cfg_of(), view, obs, pre)
+    joint = vae_phase.train_vae_entry(cfg_of(vae_joint_finetune=True), view, obs, pre)
+    assert rows == [[40], [60], [40], [60, 40]]  # pretraining, then fine-tuning: the target alone, or beside the other set
+    assert any(not torch.equal(plain.state[k], joint.state[k]) for k in plain.state)
+    # without pretraining nothing is joined: the same phase, bit for bit
+    a = vae_phase.train_vae_entry(cfg_of(vae_pretrain=False, vae_joint_finetune=True), view, obs, pre)
+    b = vae_phase.train_vae_entry(cfg_of(vae_pretrain=False), view, obs, pre)
+    assert rows[4:] == [[60], [60]] and all(torch.equal(a.state[k], b.state[k]) for k in a.state)
 
 
 def test_corrupt_entry_is_refused_and_retrained(sets, tmp_path):
