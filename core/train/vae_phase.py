@@ -68,12 +68,16 @@ def vae_settings(cfg) -> dict:
 
 def vae_cache_key(cfg, Y_view: np.ndarray, observed: np.ndarray, pretrain: Sequence[np.ndarray] = ()) -> str:
     """sha256 of the VAE settings, the training view (values and NaN pattern), the observed mask and
-    the pretraining matrices the phase actually uses (none when cfg.vae_pretrain is off)."""
+    the pretraining matrices the phase actually uses (none when cfg.vae_pretrain is off). With none used,
+    vae_joint_finetune has nothing to join and trains bit for bit as without it, so it stays out of the key."""
     used = list(pretrain) if cfg.vae_pretrain else []
+    settings = vae_settings(cfg)
+    if not used:
+        settings.pop("vae_joint_finetune", None)
     h = hashlib.sha256()
     h.update(FORMAT.encode())
     h.update(torch.__version__.encode())
-    h.update(json.dumps(vae_settings(cfg), sort_keys=True).encode())
+    h.update(json.dumps(settings, sort_keys=True).encode())
     update_with_matrix(h, Y_view)
     obs = np.ascontiguousarray(observed, dtype=bool)
     h.update(json.dumps(list(obs.shape)).encode() + np.packbits(obs).tobytes())

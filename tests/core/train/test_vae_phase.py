@@ -103,6 +103,10 @@ def test_key_follows_the_vae_inputs_only(sets):
     assert "vae_ema_decay" not in vae_settings(cfg_of()) and vae_settings(cfg_of(vae_ema_decay=0.99))["vae_ema_decay"] == 0.99
     # without pretraining the pretraining sets are not read, so they are not in the key
     assert vae_cache_key(cfg_of(vae_pretrain=False), view, obs, pre) == vae_cache_key(cfg_of(vae_pretrain=False), view, obs, pre2)
+    # nor is the joint fine-tuning, which then trains exactly as without it (a single table: no sets to join)
+    for p, c in ((pre, cfg_of(vae_pretrain=False)), ([], cfg_of())):
+        joined = cfg_of(vae_pretrain=c.vae_pretrain, vae_joint_finetune=True)
+        assert vae_cache_key(joined, view, obs, p) == vae_cache_key(c, view, obs, p)
 
 
 def test_joint_finetune_keeps_the_pretraining_sets_beside_the_target(sets, monkeypatch):
