@@ -10,7 +10,7 @@ from typing import Any
 import ray
 import torch
 
-from depmicro.core.data import check_same_taxa, load_dataset
+from depmicro.core.data import align_taxa, load_dataset
 from depmicro.core.data.evaluation import make_split, protocol_matrix, training_view
 from depmicro.core.data.synthetic import make_synthetic
 from depmicro.core.deps import cached_dep_stats
@@ -55,9 +55,7 @@ def prepare_data(spec: StudySpec, cache_dir: Path, log=print) -> SharedData:
         data = load_study_dataset(ds)
         datasets[ds.name] = data
         if ds.pretrain:
-            pre = tuple(load_dataset(p) for p in ds.pretrain)
-            check_same_taxa([data, *pre])
-            pretrain[ds.name] = pre
+            pretrain[ds.name] = tuple(align_taxa(data, [load_dataset(p) for p in ds.pretrain]))
     for key in spec.data_keys:
         name, seed = split_data_key(key)
         data = datasets[name]

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from depmicro.core.cli.model_checks import OUTPUT_SUFFIXES, check_impute, check_train
-from depmicro.core.data import check_same_taxa, load_dataset
+from depmicro.core.data import align_taxa, in_taxon_order, load_dataset
+from depmicro.core.data.dataset import taxa_difference
 from depmicro.core.data.evaluation import make_split
 from depmicro.core.errors import DepmicroError
 from depmicro.core.model.bundle import load_model, save_model
@@ -24,9 +25,7 @@ from depmicro.core.train import fit
 def train(args: argparse.Namespace) -> dict:
     cfg, out = check_train(args)
     ds = load_dataset(args.data, metadata=args.metadata)
-    pretrain = [load_dataset(p) for p in (args.pretrain or [])]
-    if pretrain:
-        check_same_taxa([ds, *pretrain])
+    pretrain = align_taxa(ds, [load_dataset(p) for p in (args.pretrain or [])])
     split = make_split(ds.counts, seed=cfg.seed, test_ratio=cfg.test_ratio, val_ratio=cfg.val_ratio)
     res = fit(cfg, ds, split, pretrain=pretrain, progress=sys.stderr.isatty())
     save_model(res.imputer, out)
@@ -85,11 +84,11 @@ def impute(args: argparse.Namespace) -> dict:
     model_dir = Path(args.model)
     out = check_impute(args)
     imp = load_model(model_dir)  # verifies the manifest and loads from the bytes it hashed
-    ds = load_dataset(args.data, metadata=args.metadata, allow_missing=True)
-    if ds.var_names != imp.var_names:
-        diff = sorted(set(ds.var_names) ^ set(imp.var_names))
-        what = f"{len(diff)} taxa differ (e.g. {diff[0]!r})" if diff else "same taxa in a different order"
+    given = load_dataset(args.data, metadata=args.metadata, allow_missing=True)
+    what = taxa_difference(given.var_names, imp.var_names)
+    if what:
         raise DepmicroError(f"{args.data}: taxa do not match the model's ({what})")
+    ds = in_taxon_order(given, imp.var_names)  # the model's column order in, the file's order out
     missing = ds.missing if ds.missing is not None else np.zeros(ds.counts.shape, dtype=bool)
     if args.zeros:
         missing = missing | (ds.counts == 0)
@@ -99,7 +98,10 @@ def impute(args: argparse.Namespace) -> dict:
     meta = ds.metadata_text() if imp.cfg.use_metadata else None
     filled = imp.impute(Y, observed, meta)
     std = imp.uncertainty(Y, observed, meta, n=args.uncertainty) if args.uncertainty else None
-    _write_table(out, filled, ds.obs_names, ds.var_names, observed, std)
+    pos = {v: i for i, v in enumerate(imp.var_names)}
+    back = np.array([pos[v] for v in given.var_names])
+    _write_table(out, filled[:, back], ds.obs_names, given.var_names, observed[:, back],
+                 None if std is None else std[:, back])
     res = {"out": str(out), "n_samples": ds.n_samples, "n_taxa": ds.n_taxa, "n_imputed": int(missing.sum()),
            "estimate": imp.cfg.estimate, "seconds": round(time.perf_counter() - t0, 3)}
     if std is not None:

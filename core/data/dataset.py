@@ -8,8 +8,9 @@ from __future__ import annotations
 import gzip
 import os
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -295,11 +296,44 @@ def load_metadata(path: str | os.PathLike, obs_names: list[str]) -> pd.DataFrame
     return meta.loc[obs_names]
 
 
+def taxa_difference(var_names: list[str], ref: list[str]) -> str | None:
+    """Why two taxon lists are not the same set (None when they are, in whatever order)."""
+    extra = sorted(set(var_names) ^ set(ref))
+    if extra:
+        return f"{len(extra)} taxa differ (e.g. {extra[0]!r})"
+    if len(var_names) != len(ref):
+        return f"{len(var_names)} taxa against {len(ref)}"
+    return None
+
+
 def check_same_taxa(datasets: list[Dataset]) -> None:
-    """Pretraining sets must share the target's taxa in the same order."""
+    """Pretraining sets must share the target's taxa in the same order (align_taxa puts them in it)."""
     ref = datasets[0]
     for ds in datasets[1:]:
         if ds.var_names != ref.var_names:
-            extra = sorted(set(ds.var_names) ^ set(ref.var_names))
-            what = f"{len(extra)} taxa differ (e.g. {extra[0]!r})" if extra else "same taxa in a different order"
+            what = taxa_difference(ds.var_names, ref.var_names) or "same taxa in a different order"
             raise DepmicroError(f"{ds.name} and {ref.name} do not share the same taxa: {what}")
+
+
+def in_taxon_order(ds: Dataset, var_names: list[str]) -> Dataset:
+    """`ds` with its columns in the order of `var_names`, which must name the same taxa: tables from
+    different pipelines list the same taxa in different orders, and a column's position must never
+    stand in for its name."""
+    if ds.var_names == list(var_names):
+        return ds
+    what = taxa_difference(ds.var_names, list(var_names))
+    if what:
+        raise DepmicroError(f"{ds.name}: taxa do not match ({what})")
+    pos = {v: i for i, v in enumerate(ds.var_names)}
+    idx = np.array([pos[v] for v in var_names])
+    return replace(ds, counts=ds.counts[:, idx], var_names=list(var_names),
+                   missing=None if ds.missing is None else ds.missing[:, idx])
+
+
+def align_taxa(target: Dataset, others: Sequence[Dataset]) -> list[Dataset]:
+    """The pretraining sets with their columns in the target's taxon order; a set with other taxa is refused."""
+    for ds in others:
+        what = taxa_difference(ds.var_names, target.var_names)
+        if what:
+            raise DepmicroError(f"{ds.name} and {target.name} do not share the same taxa: {what}")
+    return [in_taxon_order(ds, target.var_names) for ds in others]

@@ -65,6 +65,33 @@ def test_impute_fills_marked_entries_and_keeps_observed(trained, capsys):
     assert (a.layers["observed"][ds.counts == 0] == 0).all() and a.shape == (60, 12)
 
 
+def test_impute_reads_taxa_by_name_in_any_column_order(trained, capsys):
+    """The same table with its columns shuffled imputes the same value for each (sample, taxon), and the
+    output keeps the file's own column order."""
+    d, _, _ = trained
+    ds, _ = make_synthetic(n_samples=60, n_taxa=12, n_directed=2, n_symmetric=2)
+    holes = np.zeros(ds.counts.shape, dtype=bool)
+    holes[::5, 1] = True
+    holes[3, 4:9] = True
+    counts = pd.DataFrame(ds.counts, index=ds.obs_names, columns=ds.var_names).mask(holes)
+    counts.to_csv(d / "ordered.csv")
+    order = list(np.random.default_rng(0).permutation(ds.var_names))
+    assert order != ds.var_names
+    counts[order].to_csv(d / "shuffled.csv")
+    for name in ("ordered", "shuffled"):
+        assert main(["impute", "--model", str(d / "model"), "--data", str(d / f"{name}.csv"), "--out",
+                     str(d / f"{name}_out.csv"), "--uncertainty", "2"]) == 0
+    capsys.readouterr()
+    a = pd.read_csv(d / "ordered_out.csv", index_col=0)
+    b = pd.read_csv(d / "shuffled_out.csv", index_col=0)
+    assert list(b.columns) == order and list(a.columns) == ds.var_names
+    pd.testing.assert_frame_equal(a, b[ds.var_names], check_exact=True)
+    sa = pd.read_csv(d / "ordered_out.std.csv", index_col=0)
+    sb = pd.read_csv(d / "shuffled_out.std.csv", index_col=0)
+    assert list(sb.columns) == order and (sb[ds.var_names].to_numpy()[~holes] == 0).all()
+    assert np.array_equal(sa.to_numpy() > 0, sb[ds.var_names].to_numpy() > 0)
+
+
 def test_impute_uncertainty_is_a_std_per_entry_zero_where_observed(trained, capsys):
     d, _, _ = trained
     ds, _ = make_synthetic(n_samples=60, n_taxa=12, n_directed=2, n_symmetric=2)

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from depmicro.core.data import Dataset, check_same_taxa, inspect, load_dataset, normalize
+from depmicro.core.data import Dataset, align_taxa, check_same_taxa, in_taxon_order, inspect, load_dataset, normalize
 from depmicro.core.errors import DepmicroError
 from tests.helpers import tcma_path
 
@@ -87,3 +87,19 @@ def test_check_same_taxa_names_the_difference():
         check_same_taxa([a, b])
     with pytest.raises(DepmicroError, match="different order"):
         check_same_taxa([a, c])
+
+
+def test_align_taxa_reorders_columns_by_name_and_refuses_other_taxa():
+    a = Dataset(np.array([[1.0, 2.0, 3.0]]), ["s1"], ["t1", "t2", "t3"], name="a")
+    c = Dataset(np.array([[30.0, 10.0, 20.0], [3.0, 1.0, 2.0]]), ["s1", "s2"], ["t3", "t1", "t2"], name="c",
+                missing=np.array([[True, False, False], [False, False, True]]))
+    (got,) = align_taxa(a, [c])
+    assert got.var_names == ["t1", "t2", "t3"] and got.counts.tolist() == [[10.0, 20.0, 30.0], [1.0, 2.0, 3.0]]
+    assert got.missing.tolist() == [[False, False, True], [False, True, False]]
+    assert c.var_names == ["t3", "t1", "t2"]  # the input is not changed
+    assert in_taxon_order(a, ["t1", "t2", "t3"]) is a
+    b = Dataset(np.ones((1, 3)), ["s1"], ["t1", "t2", "t9"], name="b")
+    with pytest.raises(DepmicroError, match="b and a do not share the same taxa: 2 taxa differ"):
+        align_taxa(a, [b])
+    with pytest.raises(DepmicroError, match="taxa do not match"):
+        in_taxon_order(b, a.var_names)
