@@ -85,6 +85,8 @@ def one_seed(args, seed: int, data, pretrain) -> dict:
         if not enc:
             e = imp.encoder_impute(view, obs)
             enc.update(val=evaluate(Y, e, split.val)[M], test=evaluate(Y, e, split.test)[M])
+            print(json.dumps({"seed": seed, "encoder_val": round(enc["val"], 4), "encoder_test": round(enc["test"], 4)}),
+                  file=sys.stderr, flush=True)  # a run cut short still leaves the floor its curve is read against
         row = {"epoch": rep.epoch, "train_loss": round(rep.train_loss, 4), "val": round(rep.val[M], 4) if rep.val else None}
         if args.losses:
             with rep.ema_weights():
