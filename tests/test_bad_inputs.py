@@ -16,10 +16,12 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pytest
 import yaml
 
@@ -197,8 +199,21 @@ def _data_cases() -> dict:
         raw = gzip.compress(e.csv.read_bytes())
         return ["data", "inspect", e.w("cut.csv.gz", raw[: len(raw) // 2])]
 
+    def h5ad_duplicate_obs(e: Env):
+        import anndata as ad
+
+        a = ad.AnnData(X=np.array([[1.0, 2.0], [3.0, 4.0]]))
+        a.obs_names = ["s1", "s1"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            a.write_h5ad(e.tmp / "dup.h5ad")
+        return ["data", "inspect", e.tmp / "dup.h5ad"]
+
     return {
         "corrupt .csv.gz": (gz, "not a readable gzip file"),
+        "first data row longer than the header": (lambda e: ["data", "inspect", e.w("long.csv", "id,a,b\ns1,1,2,5\ns2,3\n")],
+                                                  "rows are longer than the header"),
+        ".h5ad with a duplicate sample id": (h5ad_duplicate_obs, "duplicate sample id 's1'"),
         "truncated .csv.gz": (truncated_gz, "not a readable"),
         "semicolon-separated .csv": (lambda e: ["data", "inspect", e.w("semi.csv", "id;a;b\ns1;1;2\ns2;3;4\n")],
                                      "separated by ';'"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import warnings
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -139,7 +140,9 @@ def _read_h5ad(p: Path, allow_missing: bool) -> Dataset:
     import anndata as ad
 
     try:
-        adata = ad.read_h5ad(p)
+        with warnings.catch_warnings():  # e.g. duplicate names: _validated says that in one line, not a warning
+            warnings.simplefilter("ignore")
+            adata = ad.read_h5ad(p)
     except Exception as exc:  # h5py/anndata raise many kinds; the user needs one line
         raise DepmicroError(f"{p}: not a readable .h5ad file ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     X = adata.X
@@ -205,6 +208,9 @@ def _read_table(p: Path, orientation: str, allow_missing: bool) -> Dataset:
         raise DepmicroError(f"{p}: not a readable file ({type(exc).__name__}: {exc})") from None
     if df.shape[0] == 0 or df.shape[1] == 0:
         raise DepmicroError(f"{p}: table has no data rows or columns")
+    if len(header) != df.shape[1]:  # pandas takes extra leading fields of a longer first row as the index
+        raise DepmicroError(f"{p}: rows are longer than the header ({len(header) + 1} header fields, "
+                            f"{df.shape[1] + 1 + (df.index.nlevels - 1)} in a data row)")
     df.columns = header  # pandas renames duplicate headers ("t1.1"); keep them so duplicates are caught
     first = str(df.index.name or "").lower()
     if orientation == "auto":

@@ -103,3 +103,22 @@ def test_align_taxa_reorders_columns_by_name_and_refuses_other_taxa():
         align_taxa(a, [b])
     with pytest.raises(DepmicroError, match="taxa do not match"):
         in_taxon_order(b, a.var_names)
+
+
+def test_h5ad_with_duplicate_names_is_one_error_and_no_library_warning(tmp_path):
+    """anndata warns about duplicate obs names while reading; the user gets the one-line refusal only
+    (tests/test_bad_inputs.py runs the CLI with warnings ignored, so it cannot see a warning line)."""
+    import warnings
+
+    import anndata as ad
+
+    a = ad.AnnData(X=np.array([[1.0, 2.0], [3.0, 4.0]]))
+    a.obs_names = ["s1", "s1"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a.write_h5ad(tmp_path / "dup.h5ad")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(DepmicroError, match="duplicate sample id 's1'"):
+            load_dataset(tmp_path / "dup.h5ad")
+    assert [str(w.message) for w in caught] == []
