@@ -201,10 +201,27 @@ def _start(spec: StudySpec, exp: Path, tracking_uri: str, exp_id: str, parent: s
     _sigterm_as_sigint()  # again: ray.init installs its own SIGTERM handler, which aborts the driver
     log(f"[{spec.name}] Ray: {cluster['nodes']} node(s), {cluster['cpus']:g} CPU, {cluster['gpus']:g} GPU; "
         f"MLflow: {tracking_uri}; storage: {exp}")
+    _check_trials_fit(spec, cluster, local=address in (None, "", "local"), log=log)
     warm_vae(spec, shared, log)
     if spec.baselines:
         _run_baselines(spec, shared, tracking_uri, exp_id, parent, log)
     return shared
+
+
+def _check_trials_fit(spec: StudySpec, cluster: dict, local: bool, log) -> None:
+    """A trial that asks for more than Ray has is never scheduled, and Tune waits for it without end. On this
+    machine nothing can be added, so that is refused; a cluster's autoscaler may still add the nodes."""
+    need = {"CPU": spec.resources.cpu, "GPU": spec.resources.gpu}
+    have = {"CPU": cluster["cpus"], "GPU": cluster["gpus"]}
+    short = [k for k in need if need[k] > have[k]]
+    if not short:
+        return
+    what = ", ".join(f"{need[k]:g} {k}" for k in short)
+    there = ", ".join(f"{have[k]:g} {k}" for k in short)
+    if local:
+        raise DepmicroError(f"resources_per_trial asks for {what} per trial, but this machine has {there}: no trial "
+                            "could start; lower resources_per_trial, or run on a cluster that has them (--address)")
+    log(f"[{spec.name}] a trial asks for {what}, the cluster has {there} now: trials wait until nodes are added")
 
 
 def _confirm(spec: StudySpec, exp: Path, tracking_uri: str, exp_id: str, parent: str, log) -> dict:

@@ -74,6 +74,30 @@ def test_driver_failing_before_its_first_trial_ends_failed_and_can_run_again(tmp
     assert len(parents) == 1 and parents[0].info.status == "FAILED"  # the same parent run, reused
 
 
+@pytest.mark.cluster
+def test_trials_that_this_machine_cannot_hold_are_refused_not_waited_for(tmp_path):
+    """resources_per_trial beyond the private Ray's: Tune would wait for the trial without end (found by trying a GPU
+    study on a CPU machine). Refused in one line once Ray has said what it has; the parent run is FAILED with it."""
+    import yaml
+
+    spec = small_study(tmp_path, "toobig", epochs=1, num_samples=1)
+    raw = yaml.safe_load(spec.read_text())
+    raw["resources_per_trial"] = {"cpu": 1, "gpu": 1}
+    spec.write_text(yaml.safe_dump(raw, sort_keys=False))
+    uri, storage = study_args(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    proc = subprocess.run([sys.executable, "-c", RUN_CLI, "study", "run", str(spec), "--tracking-uri", uri,
+                           "--storage", str(storage)], cwd=tmp_path, capture_output=True, text=True, timeout=180,
+                          env={**env, "PYTHONWARNINGS": "ignore", "CUDA_VISIBLE_DEVICES": ""})  # no GPU, even on a GPU host
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == ("depmicro study run: error: resources_per_trial asks for 1 GPU per trial, but this machine has 0 GPU: "
+                    "no trial could start; lower resources_per_trial, or run on a cluster that has them (--address)")
+    parents, trials = parent_run(uri, "toobig")
+    assert parents[0].info.status == "FAILED" and not trials
+    assert "1 GPU per trial" in parents[0].data.tags["depmicro.error"]
+
+
 def _assert_interrupted(drv: Driver, code: int, uri: str, name: str, storage: Path, n_trials: int) -> None:
     """What an interrupted driver leaves: exit 130, a resume hint, the parent and trial runs KILLED in MLflow
     (the trials' own status still RUNNING: resume continues them), and `study status` saying it is resumable."""
