@@ -303,6 +303,8 @@ def _out_cases() -> dict:
         "deps --plot a directory it did not write": (deps_plot_other_dir, "not a depmicro directory"),
         "deps --out the input": (lambda e: ["deps", e.csv, "--out", e.csv], "is also an input"),
         "deps --out .": (lambda e: ["deps", e.csv, "--out", "."], "working directory"),
+        "deps --device this torch does not have": (lambda e: ["deps", e.csv, "--device", "cuda:99"],
+                                                   "torch device 'cuda:99' is not available here"),
     }
 
 
