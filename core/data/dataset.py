@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import warnings
 import zlib
 from dataclasses import dataclass, field, replace
@@ -238,10 +239,25 @@ def _is_number(text: str) -> bool:
         return False
 
 
+# a rank prefix as Kraken/Bracken (kraken-biom, mpa reports), MetaPhlAn and QIIME write lineages: "g__Prevotella",
+# "k__Bacteria|p__Bacteroidetes", "d__Bacteria; p__Firmicutes"
+_LINEAGE = re.compile(r"(^|[;|])\s*[dkpcofgst]__")
+_SAMPLE_ID = re.compile(r"^TCGA-[0-9A-Z]{2}-[0-9A-Z]{4}", re.IGNORECASE)
+
+
+def _share(labels: list, pattern: re.Pattern) -> float:
+    return sum(bool(pattern.search(str(x))) for x in labels) / max(len(labels), 1)
+
+
 def _rows_are_taxa(first_header: str, rows: list, cols: list) -> bool:
-    """TCMA ships taxa x samples with NCBI taxon ids (or a `taxon`-like header) as row labels."""
+    """TCMA ships taxa x samples with NCBI taxon ids (or a `taxon`-like header) as row labels; Kraken-style
+    tables label taxa with rank-prefixed lineages and samples with TCGA barcodes, in either orientation."""
     if first_header in TAXON_HEADERS:
         return True
+    for pattern, rows_are_taxa in ((_LINEAGE, True), (_SAMPLE_ID, False)):
+        in_rows, in_cols = _share(rows, pattern), _share(cols, pattern)
+        if max(in_rows, in_cols) >= 0.5 and min(in_rows, in_cols) == 0:
+            return rows_are_taxa == (in_rows > in_cols)
     return all(_is_number(str(r)) for r in rows) and not all(_is_number(str(c)) for c in cols)
 
 

@@ -57,6 +57,22 @@ def test_csv_both_orientations_give_the_same_matrix(tmp_path):
     assert forced.obs_names == ["t1", "t2", "t3"]
 
 
+@pytest.mark.parametrize("header, rows, transposed", [
+    ("", ["k__Bacteria|g__Prevotella", "k__Bacteria|g__Bacteroides"], True),      # MetaPhlAn/mpa, taxa x samples
+    ("", ["d__Bacteria; g__Prevotella", "d__Bacteria; g__Bacteroides"], True),    # QIIME 2 / GTDB lineages
+    ("id", ["g__Prevotella", "g__Bacteroides"], True),
+    ("", ["TCGA-AB-1234-01A", "TCGA-CD-5678-01A"], False),                        # barcodes label the rows: samples
+])
+def test_kraken_style_labels_decide_the_orientation(tmp_path, header, rows, transposed):
+    """Kraken-TCGA genus tables come both ways round, with lineage names and TCGA barcodes instead of a `taxon`
+    header or numeric ids: read the wrong way they would be 1,700 "samples" of 1,000 "taxa", silently."""
+    cols = ["TCGA-ZZ-0001-01A", "TCGA-ZZ-0002-01A", "TCGA-ZZ-0003-01A"] if transposed else ["g__A", "g__B", "g__C"]
+    text = ",".join([header, *cols]) + "\n" + "".join(f"{r},1,0,{i + 2}\n" for i, r in enumerate(rows))
+    ds = load_dataset(_write(tmp_path, "k.csv", text))
+    assert (ds.obs_names, ds.var_names) == ((cols, rows) if transposed else (rows, cols))
+    assert ds.counts.shape == ((3, 2) if transposed else (2, 3))
+
+
 def test_a_table_normalizes_bit_for_bit_like_the_h5ad_of_the_same_counts(tmp_path):
     # stad written out as a samples x taxa CSV: pandas hands the values back column-major, and row sums over a
     # column-major array added in another order (1-ulp differences), so a split, a VAE cache key and every
