@@ -30,6 +30,7 @@ class Dataset:
     metadata: pd.DataFrame | None = None  # index = obs_names, one row per sample
     name: str = "data"
     missing: np.ndarray | None = field(default=None, repr=False)  # (n, D) bool; only with allow_missing
+    layout: str = "samples x taxa"  # how the file laid the matrix out ("taxa x samples": read transposed)
 
     @property
     def n_samples(self) -> int:
@@ -68,6 +69,7 @@ def inspect(ds: Dataset) -> dict:
         "name": ds.name,
         "n_samples": int(counts.shape[0]),
         "n_taxa": int(counts.shape[1]),
+        "layout": ds.layout,
         "zero_fraction": round(float((counts == 0).mean()), 4),
         "n_empty_samples": int((counts.sum(axis=1) == 0).sum()),
         "n_empty_taxa": int((counts.sum(axis=0) == 0).sum()),
@@ -225,6 +227,7 @@ def _read_table(p: Path, orientation: str, allow_missing: bool) -> Dataset:
     rows, cols = [str(i) for i in df.index], [str(c) for c in df.columns]
     if orientation == "taxa":
         X, rows, cols = X.T, cols, rows
+        return replace(_validated(X, rows, cols, p, allow_missing, None), layout="taxa x samples")
     return _validated(X, rows, cols, p, allow_missing, None)
 
 

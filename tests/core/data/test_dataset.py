@@ -71,6 +71,7 @@ def test_kraken_style_labels_decide_the_orientation(tmp_path, header, rows, tran
     ds = load_dataset(_write(tmp_path, "k.csv", text))
     assert (ds.obs_names, ds.var_names) == ((cols, rows) if transposed else (rows, cols))
     assert ds.counts.shape == ((3, 2) if transposed else (2, 3))
+    assert inspect(ds)["layout"] == ("taxa x samples" if transposed else "samples x taxa")  # what data inspect says
 
 
 def test_a_table_normalizes_bit_for_bit_like_the_h5ad_of_the_same_counts(tmp_path):
