@@ -17,7 +17,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from depmicro.core.data.biom import check_biom, read_biom
 from depmicro.core.errors import DepmicroError
+
+FORMATS = "expected .h5ad, .csv, .tsv, .txt (optionally .gz) or .biom"
 
 
 @dataclass
@@ -84,11 +87,12 @@ def load_dataset(
     orientation: str = "auto",
     allow_missing: bool = False,
 ) -> Dataset:
-    """Read `.h5ad`, or a CSV/TSV table (samples x taxa, or taxa x samples as TCMA ships them).
+    """Read `.h5ad`, `.biom` (BIOM 2 HDF5 or 1.0 JSON: core/data/biom.py) or a CSV/TSV table (samples x taxa,
+    or taxa x samples as TCMA ships them).
 
-    `orientation` is `samples` (rows are samples), `taxa` (rows are taxa) or `auto`, which takes
-    rows as taxa only when the first header cell names a taxon column (TCMA style) or there are
-    more columns than rows. `allow_missing` accepts NaN/empty cells as entries to impute.
+    A table's `orientation` is `samples` (rows are samples), `taxa` (rows are taxa) or `auto`, which takes
+    rows as taxa when the labels say so (`_rows_are_taxa`: a taxon header, numeric taxon ids or lineages as
+    row labels, TCGA barcodes as column labels). `allow_missing` accepts NaN/empty cells as entries to impute.
     """
     p = Path(path)
     if not p.exists():
@@ -102,8 +106,10 @@ def load_dataset(
         ds = _read_h5ad(p, allow_missing)
     elif suffix in (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".txt.gz"):
         ds = _read_table(p, orientation, allow_missing)
+    elif suffix == ".biom":  # observations (taxa) x samples by definition: no orientation to guess
+        ds = _validated(*read_biom(p), p, allow_missing, None)
     else:
-        raise DepmicroError(f"{p}: unknown format {p.suffix!r} (expected .h5ad, .csv, .tsv or .txt)")
+        raise DepmicroError(f"{p}: unknown format {p.suffix!r} ({FORMATS})")
     if metadata is not None:
         ds.metadata = load_metadata(metadata, ds.obs_names)
     return ds
@@ -135,8 +141,10 @@ def peek_dataset(path: str | os.PathLike) -> None:
         _check_separator(p, header)
         if header.count(_sep_for(p)) < 1:
             raise DepmicroError(f"{p}: the header has a single column; expected sample ids and taxa")
+    elif suffix == ".biom":
+        check_biom(p)
     else:
-        raise DepmicroError(f"{p}: unknown format {p.suffix!r} (expected .h5ad, .csv, .tsv or .txt)")
+        raise DepmicroError(f"{p}: unknown format {p.suffix!r} ({FORMATS})")
 
 
 def _read_h5ad(p: Path, allow_missing: bool) -> Dataset:

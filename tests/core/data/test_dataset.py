@@ -1,3 +1,6 @@
+import json
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -139,3 +142,53 @@ def test_h5ad_with_duplicate_names_is_one_error_and_no_library_warning(tmp_path)
         with pytest.raises(DepmicroError, match="duplicate sample id 's1'"):
             load_dataset(tmp_path / "dup.h5ad")
     assert [str(w.message) for w in caught] == []
+
+
+def _biom2(path, counts, samples, taxa):
+    """A BIOM 2.1 file as the spec lays it out (both the observation- and the sample-major CSR copies)."""
+    import h5py
+    import scipy.sparse as sp
+
+    M = sp.csr_matrix(counts.T)  # observations x samples
+    S = sp.csr_matrix(counts)    # samples x observations
+    with h5py.File(path, "w") as f:
+        f.attrs.update({"id": "t", "type": "OTU table", "format-url": "http://biom-format.org",
+                        "format-version": [2, 1], "generated-by": "test", "creation-date": "2026-12-07",
+                        "shape": [len(taxa), len(samples)], "nnz": M.nnz})
+        for group, ids, mat in (("observation", taxa, M), ("sample", samples, S)):
+            f.create_dataset(f"{group}/ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
+            for key in ("data", "indices", "indptr"):
+                f.create_dataset(f"{group}/matrix/{key}", data=getattr(mat, key))
+
+
+def test_biom_2_and_1_read_like_the_same_csv(tmp_path):
+    counts = np.array([[5.0, 0.0, 2.0], [0.0, 0.0, 7.0], [1.0, 3.0, 0.0], [0.0, 0.0, 0.0]])
+    samples, taxa = ["TCGA-A1", "TCGA-A2", "TCGA-A3", "TCGA-A4"], ["g__Prevotella", "g__Bacteroides", "g__Fusobacterium"]
+    pd.DataFrame(counts, index=pd.Index(samples, name="sample"), columns=taxa).to_csv(tmp_path / "t.csv")
+    _biom2(tmp_path / "t2.biom", counts, samples, taxa)
+    sparse = {"id": "t", "format": "Biological Observation Matrix 1.0.0", "type": "OTU table", "matrix_type": "sparse",
+              "matrix_element_type": "float", "shape": [3, 4], "rows": [{"id": t, "metadata": None} for t in taxa],
+              "columns": [{"id": s, "metadata": None} for s in samples],
+              "data": [[j, i, counts[i, j]] for i in range(4) for j in range(3) if counts[i, j]]}
+    (tmp_path / "t1.biom").write_text(json.dumps(sparse))
+    (tmp_path / "d1.biom").write_text(json.dumps({**sparse, "matrix_type": "dense", "data": counts.T.tolist()}))
+    ref = load_dataset(tmp_path / "t.csv")
+    for name in ("t2.biom", "t1.biom", "d1.biom"):
+        ds = load_dataset(tmp_path / name)
+        assert (ds.obs_names, ds.var_names) == (samples, taxa), name
+        assert np.array_equal(ds.counts, ref.counts) and np.array_equal(ds.normalized, ref.normalized), name
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\x89HDF\r\n\x1a\ngarbage", "not a readable BIOM (HDF5) file"),
+    (b"{not json", "neither a BIOM 2 (HDF5) nor a BIOM 1.0 (JSON) file"),
+    (b'{"rows": [], "columns": []}', "not a BIOM 1.0 table"),
+    (b'{"rows": [{"id": "a"}], "columns": [{"id": "s"}], "matrix_type": "sparse", "data": [[3, 0, 1]]}', "outside"),
+    (b'{"rows": [{"id": "a"}], "columns": [{"id": "s"}, {"id": "t"}], "matrix_type": "dense", "data": [[1, -2]]}',
+     "negative count -2"),
+])
+def test_bad_biom_is_one_line(tmp_path, content, message):
+    p = tmp_path / "x.biom"
+    p.write_bytes(content)
+    with pytest.raises(DepmicroError, match=re.escape(message)):
+        load_dataset(p)
