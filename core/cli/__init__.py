@@ -15,6 +15,7 @@ import argparse
 import importlib
 import json
 import math
+import os
 import sys
 from importlib.metadata import entry_points
 from typing import Any, Iterable
@@ -131,5 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"depmicro {args.command}: interrupted" + (f"; {exc}" if str(exc) else ""), file=sys.stderr)
         return 130
     if result is not None:
-        emit(result, getattr(args, "json", False))
+        try:
+            emit(result, getattr(args, "json", False))
+            sys.stdout.flush()
+        except BrokenPipeError:  # `depmicro ... | head`: the reader left; the work is done and its files written
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
     return 0

@@ -26,6 +26,19 @@ def test_console_script_inspects_stad(capsys):
     assert (info["n_samples"], info["n_taxa"], info["zero_fraction"], info["n_empty_samples"]) == (530, 106, 0.8761, 209)
 
 
+def test_a_reader_that_leaves_early_is_no_traceback(tmp_path):
+    """`depmicro data inspect X --json | head -1`: the pipe closes before the result is printed. The command has done
+    its work; it exits 0 without Python's BrokenPipeError traceback."""
+    table = tmp_path / "t.csv"
+    table.write_text("sample,a,b\ns1,1,2\ns2,3,0\n")
+    proc = subprocess.Popen([sys.executable, "-m", "depmicro.core.cli", "data", "inspect", str(table), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the only reader is gone before the interpreter has even imported the CLI
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
 def test_baseline_json_has_the_metric_names(capsys):
     code, out, _ = run(capsys, "baseline", str(tcma_path("stad")), "--method", "mean", "--seed", "1", "--json")
     assert code == 0
