@@ -8,6 +8,7 @@ Format: https://biom-format.org/documentation/format_versions/biom-2.1.html and 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -15,29 +16,40 @@ import numpy as np
 from depmicro.core.errors import DepmicroError
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+# what this reader uses of a BIOM 2 file: sample/matrix is the samples x observations matrix in CSR
+# (the spec's sample-major copy beside observation/matrix)
+HDF5_KEYS = ("observation/ids", "sample/ids", "sample/matrix/data", "sample/matrix/indices", "sample/matrix/indptr")
 
 
 def read_biom(p: Path) -> tuple[np.ndarray, list[str], list[str]]:
     """(counts (samples x taxa, float64), sample ids, taxon ids) of a BIOM 2.x or 1.0 file."""
-    with open(p, "rb") as f:
-        head = f.read(len(HDF5_SIGNATURE))
-    return _read_hdf5(p) if head == HDF5_SIGNATURE else _read_json(p)
+    return _read_hdf5(p) if _is_hdf5(p) else _read_json(p)
 
 
 def check_biom(p: Path) -> None:
-    """The cheap check a study runs before Ray starts: the file opens as BIOM and names its samples and taxa."""
-    with open(p, "rb") as f:
-        head = f.read(len(HDF5_SIGNATURE))
-    if head != HDF5_SIGNATURE:
+    """The cheap check a study runs before Ray starts: the file opens as BIOM and has what read_biom reads."""
+    if not _is_hdf5(p):
         _read_json(p)  # JSON has no cheaper partial read
         return
+    with _open_hdf5(p):
+        pass
+
+
+def _is_hdf5(p: Path) -> bool:
+    with open(p, "rb") as f:
+        return f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
+
+
+@contextmanager
+def _open_hdf5(p: Path):
     import h5py
 
     try:
         with h5py.File(p, "r") as f:
-            for key in ("observation/ids", "sample/ids", "sample/matrix/data"):
-                if key not in f:
-                    raise DepmicroError(f"{p}: not a BIOM 2 table (no {key})")
+            missing = [k for k in HDF5_KEYS if k not in f]
+            if missing:
+                raise DepmicroError(f"{p}: not a BIOM 2 table (no {missing[0]})")
+            yield f
     except OSError as exc:
         raise DepmicroError(f"{p}: not a readable BIOM (HDF5) file ({_first(exc)})") from None
 
@@ -51,21 +63,11 @@ def _names(ds) -> list[str]:
 
 
 def _read_hdf5(p: Path) -> tuple[np.ndarray, list[str], list[str]]:
-    import h5py
-
-    try:
-        with h5py.File(p, "r") as f:
-            missing = [k for k in ("observation/ids", "sample/ids", "sample/matrix/data", "sample/matrix/indices",
-                                   "sample/matrix/indptr") if k not in f]
-            if missing:
-                raise DepmicroError(f"{p}: not a BIOM 2 table (no {missing[0]})")
-            taxa, samples = _names(f["observation/ids"]), _names(f["sample/ids"])
-            # sample/matrix is the samples x observations matrix in CSR (the spec's "sample-major" copy)
-            data = np.asarray(f["sample/matrix/data"][()], dtype=np.float64)
-            indices = np.asarray(f["sample/matrix/indices"][()], dtype=np.int64)
-            indptr = np.asarray(f["sample/matrix/indptr"][()], dtype=np.int64)
-    except OSError as exc:
-        raise DepmicroError(f"{p}: not a readable BIOM (HDF5) file ({_first(exc)})") from None
+    with _open_hdf5(p) as f:
+        taxa, samples = _names(f["observation/ids"]), _names(f["sample/ids"])
+        data = np.asarray(f["sample/matrix/data"][()], dtype=np.float64)
+        indices = np.asarray(f["sample/matrix/indices"][()], dtype=np.int64)
+        indptr = np.asarray(f["sample/matrix/indptr"][()], dtype=np.int64)
     n, d = len(samples), len(taxa)
     if len(indptr) != n + 1 or indptr[0] != 0 or indptr[-1] != len(data) or len(indices) != len(data) \
             or np.any(np.diff(indptr) < 0) or (len(indices) and (indices.min() < 0 or indices.max() >= d)):

@@ -177,6 +177,12 @@ def test_biom_2_and_1_read_like_the_same_csv(tmp_path):
         ds = load_dataset(tmp_path / name)
         assert (ds.obs_names, ds.var_names) == (samples, taxa), name
         assert np.array_equal(ds.counts, ref.counts) and np.array_equal(ds.normalized, ref.normalized), name
+    import h5py
+
+    with h5py.File(tmp_path / "anndata_like.biom", "w") as f:  # HDF5, but not BIOM's groups
+        f.create_dataset("observation/ids", data=np.array(taxa, dtype=object), dtype=h5py.string_dtype())
+    with pytest.raises(DepmicroError, match="not a BIOM 2 table \\(no sample/ids\\)"):
+        load_dataset(tmp_path / "anndata_like.biom")
 
 
 @pytest.mark.parametrize("content, message", [
