@@ -74,28 +74,30 @@ def test_driver_failing_before_its_first_trial_ends_failed_and_can_run_again(tmp
     assert len(parents) == 1 and parents[0].info.status == "FAILED"  # the same parent run, reused
 
 
-@pytest.mark.cluster
-def test_trials_that_this_machine_cannot_hold_are_refused_not_waited_for(tmp_path):
+def test_trials_that_this_machine_cannot_hold_are_refused_not_waited_for(tmp_path, monkeypatch):
     """resources_per_trial beyond the private Ray's: Tune would wait for the trial without end (found by trying a GPU
-    study on a CPU machine). Refused in one line once Ray has said what it has; the parent run is FAILED with it."""
-    import yaml
+    study on a CPU machine). Refused in one line once Ray has said what it has, and the parent run is FAILED with
+    it; on a cluster, whose autoscaler may add nodes, the shortfall is logged instead. Ray's answer is stubbed here
+    (a machine with 2 CPUs and no GPU), so the test costs no Ray start."""
+    from depmicro.core.errors import DepmicroError
+    from depmicro.studies import runner
+    from depmicro.studies.spec import load_spec
 
-    spec = small_study(tmp_path, "toobig", epochs=1, num_samples=1)
-    raw = yaml.safe_load(spec.read_text())
-    raw["resources_per_trial"] = {"cpu": 1, "gpu": 1}
-    spec.write_text(yaml.safe_dump(raw, sort_keys=False))
+    spec = small_study(tmp_path, "toobig", epochs=1, num_samples=1, resources_per_trial={"cpu": 1, "gpu": 1})
+    monkeypatch.setattr(runner, "connect", lambda address=None: {"address": "stub", "nodes": 1, "cpus": 2.0, "gpus": 0.0})
     uri, storage = study_args(tmp_path)
-    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
-    proc = subprocess.run([sys.executable, "-c", RUN_CLI, "study", "run", str(spec), "--tracking-uri", uri,
-                           "--storage", str(storage)], cwd=tmp_path, capture_output=True, text=True, timeout=180,
-                          env={**env, "PYTHONWARNINGS": "ignore", "CUDA_VISIBLE_DEVICES": ""})  # no GPU, even on a GPU host
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last == ("depmicro study run: error: resources_per_trial asks for 1 GPU per trial, but this machine has 0 GPU: "
-                    "no trial could start; lower resources_per_trial, or run on a cluster that has them (--address)")
+    with pytest.raises(DepmicroError) as refused:
+        runner.run_study(spec, tracking_uri=uri, storage=storage, log=lambda line: None)
+    assert str(refused.value) == ("resources_per_trial asks for 1 GPU per trial, but this machine has 0 GPU: no trial "
+                                  "could start; lower resources_per_trial, or run on a cluster that has them (--address)")
     parents, trials = parent_run(uri, "toobig")
     assert parents[0].info.status == "FAILED" and not trials
     assert "1 GPU per trial" in parents[0].data.tags["depmicro.error"]
+    logged: list[str] = []
+    runner._check_trials_fit(load_spec(spec), {"cpus": 2.0, "gpus": 0.0}, local=False, log=logged.append)
+    assert logged == ["[toobig] a trial asks for 1 GPU, the cluster has 0 GPU now: trials wait until nodes are added"]
+    runner._check_trials_fit(load_spec(spec), {"cpus": 2.0, "gpus": 1.0}, local=True, log=logged.append)  # it fits
+    assert len(logged) == 1
 
 
 def _assert_interrupted(drv: Driver, code: int, uri: str, name: str, storage: Path, n_trials: int) -> None:
