@@ -107,7 +107,7 @@ def load_dataset(
     elif suffix in (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".txt.gz"):
         ds = _read_table(p, orientation, allow_missing)
     elif suffix == ".biom":  # observations (taxa) x samples by definition: no orientation to guess
-        ds = _validated(*read_biom(p), p, allow_missing, None)
+        ds = replace(_validated(*read_biom(p), p, allow_missing, None), layout="taxa x samples")
     else:
         raise DepmicroError(f"{p}: unknown format {p.suffix!r} ({FORMATS})")
     if metadata is not None:

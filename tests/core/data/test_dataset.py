@@ -175,7 +175,7 @@ def test_biom_2_and_1_read_like_the_same_csv(tmp_path):
     ref = load_dataset(tmp_path / "t.csv")
     for name in ("t2.biom", "t1.biom", "d1.biom"):
         ds = load_dataset(tmp_path / name)
-        assert (ds.obs_names, ds.var_names) == (samples, taxa), name
+        assert (ds.obs_names, ds.var_names) == (samples, taxa) and ds.layout == "taxa x samples", name
         assert np.array_equal(ds.counts, ref.counts) and np.array_equal(ds.normalized, ref.normalized), name
     import h5py
 
