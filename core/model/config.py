@@ -36,6 +36,11 @@ class ModelConfig:
                                      # principal components (a Gaussian conditional mean: a classical prior, reported apart)
     vae_factor_visible_weight: float = 0.0  # weight of the factor model's regression on the entries it was fitted to,
                                             # beside 1 for the hidden ones; 0: hidden entries only, as before
+    vae_partners: int = 0          # k > 0: each token also reads a learned linear regression of its microbe on the k
+                                   # microbes whose training values correlate most with its own
+                                   # (TokenVAE.partner_predict); 0: off, the VAE as before
+    vae_standardize: bool = False  # the VAE reads and decodes each microbe's values standardized (TokenVAE.set_scale);
+                                   # False: raw relative abundances, as before
     vae_factor_rank_alt: int = 0   # r' > 0: `fit` also trains the VAE at factor rank r' and keeps the rank whose encoder
                                    # alone scores better on the validation mask (before any DAT step); 0: off
     vae_ema_decay: float = 0.0     # each VAE phase ends with an exponential moving average of its weights (per step);
@@ -134,7 +139,7 @@ _POSITIVE = ("latent_dim", "vae_hidden", "hidden_dim", "n_layers", "n_heads", "t
              "infer_ar_steps", "n_impute_samples", "epochs", "batch_size", "val_every", "mlp_ratio", "lr", "vae_lr")
 _NONNEG = ("attn_block", "snr_floor", "min_snr", "vae_beta", "vae_epochs", "dropout", "f_threshold", "mi_threshold", "weight_decay", "grad_clip", "seed",
            "patience", "sampler_eta", "train_steps", "warmup_steps", "x0_loss", "x0_value_loss",
-           "vae_token_sample", "vae_visible_weight", "vae_factor_rank",
+           "vae_token_sample", "vae_visible_weight", "vae_factor_rank", "vae_partners",
            "vae_factor_visible_weight", "vae_factor_rank_alt")
 
 

@@ -18,9 +18,16 @@ import torch.nn.functional as F
 
 class TokenVAE(nn.Module):
     def __init__(self, n_taxa: int, latent_dim: int = 4, hidden: int = 128, token_hidden: int = 32,
-                 readout: bool = False, factor_rank: int = 0):
+                 readout: bool = False, factor_rank: int = 0, partners: int = 0, standardize: bool = False):
         super().__init__()
         self.D, self.k = n_taxa, latent_dim
+        # each microbe's values standardized inside the VAE (set_scale), decoded back to its own scale. Why: with raw
+        # relative abundances the shared networks and the squared error serve the abundant microbes; on a wide table most
+        # microbes are rare, and pcc_per_microbe weighs each alike
+        self.standardize = standardize
+        if standardize:
+            self.register_buffer("value_mu", torch.zeros(n_taxa))
+            self.register_buffer("value_sd", torch.ones(n_taxa))
         self.context = nn.Sequential(nn.Linear(2 * n_taxa, hidden), nn.SiLU(), nn.Linear(hidden, token_hidden))
         self.enc_embed = nn.Parameter(torch.randn(n_taxa, token_hidden) * 0.02)
         # a ridge low-rank factor model fitted per profile to the entries the encoder sees (factor_predict). Why: the
@@ -29,7 +36,17 @@ class TokenVAE(nn.Module):
         self.factor = nn.Parameter(torch.randn(n_taxa, factor_rank) * 0.1) if factor_rank else None
         self.factor_bias = nn.Parameter(torch.zeros(n_taxa)) if factor_rank else None
         self.factor_log_ridge = nn.Parameter(torch.zeros(())) if factor_rank else None
-        self.enc_local = nn.Linear(3 if factor_rank else 2, token_hidden)
+        # a linear regression of each microbe on its `partners` most correlated microbes (partner_predict). Why: a
+        # factor model of rank r spans r directions; a wide table holds more pairwise structure than that (planted
+        # pairs on kraken_like at 1,700 taxa: rank 64 scores 0.21, eight partners 0.43; docs/model-log.md section 24)
+        k = min(partners, n_taxa - 1)
+        self.partner_w = nn.Parameter(torch.zeros(n_taxa, k)) if k > 0 else None
+        self.partner_miss = nn.Parameter(torch.zeros(n_taxa, k)) if k > 0 else None
+        if k > 0:  # chosen from the training view by set_partners; buffers, so a bundle's state dict carries them
+            self.register_buffer("partner_idx", torch.zeros(n_taxa, k, dtype=torch.long))
+            self.register_buffer("partner_mu", torch.zeros(n_taxa))
+            self.register_buffer("partner_sd", torch.ones(n_taxa))
+        self.enc_local = nn.Linear(2 + bool(factor_rank) + (k > 0), token_hidden)
         self.enc_out = nn.Sequential(nn.SiLU(), nn.Linear(token_hidden, token_hidden), nn.SiLU(), nn.Linear(token_hidden, 2 * latent_dim))
         # per-microbe linear readout of the context (zero at init: the additive path's tokens, bit for bit). Why: a
         # hidden microbe's token is otherwise MLP(context + embedding), where microbes can differ only through an added
@@ -42,7 +59,24 @@ class TokenVAE(nn.Module):
     def from_config(cls, n_taxa: int, cfg) -> "TokenVAE":
         """The VAE a ModelConfig describes: the one place its fields reach the constructor (the model, the cached
         VAE phase and the encoder bench all build it here, so a new VAE field cannot reach one and miss another)."""
-        return cls(n_taxa, cfg.latent_dim, cfg.vae_hidden, readout=cfg.vae_readout, factor_rank=cfg.vae_factor_rank)
+        return cls(n_taxa, cfg.latent_dim, cfg.vae_hidden, readout=cfg.vae_readout, factor_rank=cfg.vae_factor_rank,
+                   partners=cfg.vae_partners, standardize=cfg.vae_standardize)
+
+    def set_scale(self, Y: np.ndarray, observed: np.ndarray) -> None:
+        """The per-microbe mean and standard deviation of the observed training values (sd 1 where they do not vary)."""
+        mu, sd = _observed_moments(Y, observed)
+        with torch.no_grad():
+            self.value_mu.copy_(torch.as_tensor(mu, dtype=self.value_mu.dtype))
+            self.value_sd.copy_(torch.as_tensor(sd, dtype=self.value_sd.dtype))
+
+    def inner(self, x):
+        """Values as the VAE's networks see them: standardized per microbe with `standardize`, else as given (tensor or
+        array, (..., D))."""
+        if not self.standardize:
+            return x
+        if isinstance(x, np.ndarray):
+            return (x - self.value_mu.numpy()) / self.value_sd.numpy()
+        return (x - self.value_mu) / self.value_sd
 
     def fix_factors_to_pca(self, Y: np.ndarray, observed: np.ndarray, ridge: float = 0.003) -> None:
         """Set the factors to the principal axes of Y (unobserved entries at their column's observed mean), scaled by
@@ -63,6 +97,33 @@ class TokenVAE(nn.Module):
         for p in (self.factor, self.factor_bias, self.factor_log_ridge):
             p.requires_grad_(False)
 
+    def set_partners(self, Y: np.ndarray, observed: np.ndarray) -> None:
+        """Each microbe's partners: the k others whose observed values correlate most with its own (|Pearson| over the
+        rows where both are observed), and the observed means and standard deviations that standardize the inputs.
+        Read from the training view once, before the VAE trains; the regression weights are then learned with it."""
+        k = self.partner_idx.shape[1]
+        obs = np.asarray(observed, dtype=bool)
+        X = np.where(obs, np.nan_to_num(np.asarray(Y, dtype=np.float64)), 0.0)
+        mu, sd = _observed_moments(X, obs)
+        Z = np.where(obs, (X - mu) / sd, 0.0)
+        both = obs.T.astype(np.float64) @ obs.astype(np.float64)
+        corr = np.abs(Z.T @ Z) / np.maximum(both, 1)
+        np.fill_diagonal(corr, -1.0)
+        idx = np.argsort(-corr, axis=1, kind="stable")[:, :k]
+        with torch.no_grad():
+            self.partner_idx.copy_(torch.as_tensor(idx, dtype=torch.long))
+            self.partner_mu.copy_(torch.as_tensor(mu, dtype=self.partner_mu.dtype))
+            self.partner_sd.copy_(torch.as_tensor(sd, dtype=self.partner_sd.dtype))
+
+    def partner_predict(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """(B, D) -> (B, D): each microbe's value from its partners' standardized values where `m` has them (a partner
+        not in `m` enters at its mean, plus a learned offset for being missing), read back on the microbe's scale."""
+        m = m.float()
+        z = (x - self.partner_mu) / self.partner_sd * m
+        zp, mp = z[:, self.partner_idx], m[:, self.partner_idx]  # (B, D, k)
+        lin = (zp * self.partner_w).sum(-1) + ((1.0 - mp) * self.partner_miss).sum(-1)
+        return self.partner_mu + self.partner_sd * lin
+
     def factor_predict(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         """(B, D) -> (B, D): each profile's ridge projection onto the learned factors, fitted to its entries in `m`
         (u = (V_m' V_m + lambda I)^-1 V_m' (x_m - b)), then read out for every microbe as V u + b.
@@ -78,7 +139,8 @@ class TokenVAE(nn.Module):
             return u @ V.T + b
 
     def encode(self, x: torch.Tensor, m: torch.Tensor, ctx_m: torch.Tensor | None = None,
-               cols: torch.Tensor | None = None, factor_pred: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               cols: torch.Tensor | None = None, factor_pred: torch.Tensor | None = None,
+               partner_pred: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, D) values (read only where m) and flags -> mean, log-variance (B, D, k), or (B, len(cols), k).
 
         `ctx_m` computes the shared context from a smaller mask than the tokens' own: the clean
@@ -86,8 +148,13 @@ class TokenVAE(nn.Module):
         gives, so it differs from that profile's m-latent only through the value itself.
         `cols` computes the tokens of those microbes only; the context still reads the whole profile.
         `factor_pred` is factor_predict(x, ctx_m or m), when the caller has it already (the VAE loss
-        regresses the same prediction: one ridge solve per profile instead of two).
+        regresses the same prediction: one ridge solve per profile instead of two); `partner_pred` likewise. Both are
+        in the inner scale (inner()), as the loss computes them.
         """
+        return self._encode(self.inner(x), m, ctx_m, cols, factor_pred, partner_pred)
+
+    def _encode(self, x: torch.Tensor, m: torch.Tensor, ctx_m: torch.Tensor | None, cols: torch.Tensor | None,
+                factor_pred: torch.Tensor | None, partner_pred: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         m = m.float()
         xm = x * m
         cm = m if ctx_m is None else ctx_m.float()
@@ -96,6 +163,8 @@ class TokenVAE(nn.Module):
         local = [xm, m]
         if self.factor is not None:
             local.append(self.factor_predict(x, cm) if factor_pred is None else factor_pred)
+        if self.partner_w is not None:
+            local.append(self.partner_predict(x, cm) if partner_pred is None else partner_pred)
         if cols is not None:
             local, embed = [a[:, cols] for a in local], embed[cols]
             readout = None if readout is None else readout[cols]
@@ -123,6 +192,13 @@ class TokenVAE(nn.Module):
 
     def decode(self, z: torch.Tensor, cols: torch.Tensor | None = None) -> torch.Tensor:
         """(B, D, k) -> (B, D) values; each token decoded on its own (`cols`: z holds those microbes' tokens)."""
+        out = self._decode(z, cols)
+        if not self.standardize:
+            return out
+        mu, sd = (self.value_mu, self.value_sd) if cols is None else (self.value_mu[cols], self.value_sd[cols])
+        return mu + sd * out
+
+    def _decode(self, z: torch.Tensor, cols: torch.Tensor | None = None) -> torch.Tensor:
         h = self.dec[0](z) + (self.dec_embed if cols is None else self.dec_embed[cols])
         for layer in list(self.dec)[1:]:
             h = layer(h)
@@ -136,13 +212,15 @@ class TokenVAE(nn.Module):
         With `cols`, only those microbes' tokens are encoded and decoded, and their sums are scaled by
         D / len(cols): an unbiased estimate of the full loss whose per-token cost does not grow with D
         (on a 1,700-taxon table the per-token MLPs are nearly all of the VAE's step)."""
+        x = self.inner(x)  # with standardize the loss is each microbe's error in its own standard deviations
         fp = self.factor_predict(x, m_in) if self.factor is not None else None
-        mu, logvar = self.encode(x, m_in, cols=cols, factor_pred=fp)
+        pp = self.partner_predict(x, m_in) if self.partner_w is not None else None
+        mu, logvar = self._encode(x, m_in, None, cols, fp, pp)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)  # Eq. 5
         xs, ms, scale = x, m_loss, 1.0
         if cols is not None:
             xs, ms, scale = x[:, cols], m_loss[:, cols], self.D / len(cols)
-        recon = ((self.decode(z, cols) - xs) ** 2 * ms.float()).sum(-1)
+        recon = ((self._decode(z, cols) - xs) ** 2 * ms.float()).sum(-1)
         kl = -0.5 * (1 + logvar - mu**2 - logvar.exp()).sum((-1, -2))
         loss = scale * (recon + beta * kl)
         if self.factor is not None:  # the factor model's own regression, on the entries hidden from it (all D), and at
@@ -152,7 +230,19 @@ class TokenVAE(nn.Module):
             if factor_visible_weight:
                 w = w + factor_visible_weight * m_in.float()
             loss = loss + ((fp - x) ** 2 * w).sum(-1)
+        if pp is not None:  # the partner regression's own loss on every observed entry: a microbe is never its own
+            # partner, so its value is never among the inputs that predict it
+            loss = loss + ((pp - x) ** 2 * (m_loss.float() > 0).float()).sum(-1)
         return loss.mean()
+
+
+def _observed_moments(Y: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    obs = np.asarray(observed, dtype=bool)
+    X = np.where(obs, np.nan_to_num(np.asarray(Y, dtype=np.float64)), 0.0)
+    n = np.maximum(obs.sum(0), 1)
+    mu = X.sum(0) / n
+    sd = np.sqrt((np.where(obs, X - mu, 0.0) ** 2).sum(0) / n)
+    return mu, np.where(sd > 0, sd, 1.0)
 
 
 def corrupt(m: np.ndarray, Y: np.ndarray, ratio: float, rng: np.random.Generator) -> np.ndarray:

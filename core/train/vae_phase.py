@@ -46,10 +46,10 @@ FORMAT = "depmicro-vae/2"
 VAE_FIELDS = ("latent_dim", "vae_hidden", "vae_beta", "vae_epochs", "vae_lr", "batch_size", "train_mask_ratio", "seed",
               "vae_token_sample", "vae_visible_weight", "vae_readout",
               "vae_factor_rank", "vae_factor_init", "vae_factor_visible_weight", "vae_ema_decay",
-              "vae_joint_finetune")
+              "vae_joint_finetune", "vae_partners", "vae_standardize")
 # fields added after FORMAT 2 shipped, with their defaults: at the default they stay out of the key, so an entry
 # trained before the field existed (which trained exactly as the default does) is still a hit
-KEYED_WHEN_SET = {"vae_ema_decay": 0.0, "vae_joint_finetune": False}
+KEYED_WHEN_SET = {"vae_ema_decay": 0.0, "vae_joint_finetune": False, "vae_partners": 0, "vae_standardize": False}
 
 
 @dataclass
@@ -166,8 +166,15 @@ def train_vae_entry(cfg: ModelConfig, Y_view: np.ndarray, observed: np.ndarray, 
     t0 = time.perf_counter()
     seed_all(cfg.seed)
     vae = TokenVAE.from_config(Y_view.shape[1], cfg)
+    others = [(P, np.ones_like(P, dtype=bool)) for P in pretrain] if cfg.vae_pretrain else []
+    if vae.standardize:  # over every row the VAE trains on: the target's scale alone put a microbe that is rare there
+        # and common in a pretraining set thousands of sds out (stad with coad and hnsc: encoder validation -0.04)
+        vae.set_scale(np.concatenate([Y_view, *[P for P, _ in others]]),
+                      np.concatenate([observed, *[o for _, o in others]]))
     if cfg.vae_factor_rank and cfg.vae_factor_init == "pca":
-        vae.fix_factors_to_pca(Y_view, observed)
+        vae.fix_factors_to_pca(vae.inner(Y_view), observed)
+    if vae.partner_w is not None:
+        vae.set_partners(vae.inner(Y_view), observed)
     rng = np.random.default_rng(cfg.seed)
     cpu = torch.device("cpu")
     losses = {}
@@ -175,7 +182,6 @@ def train_vae_entry(cfg: ModelConfig, Y_view: np.ndarray, observed: np.ndarray, 
                 mask_ratio=cfg.train_mask_ratio, rng=rng, device=cpu, token_sample=cfg.vae_token_sample,
                 visible_weight=cfg.vae_visible_weight, factor_visible_weight=cfg.vae_factor_visible_weight,
                 ema_decay=cfg.vae_ema_decay)
-    others = [(P, np.ones_like(P, dtype=bool)) for P in pretrain] if cfg.vae_pretrain else []
     if others:
         losses["vae_pretrain_loss"] = train_vae(vae, others, **opts)[-1:]
     losses["vae_loss"] = train_vae(vae, [(Y_view, observed), *(others if cfg.vae_joint_finetune else [])], **opts)[-1:]

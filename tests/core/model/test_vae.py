@@ -260,3 +260,124 @@ def test_vae_ema_ends_on_the_average_of_the_weights():
     for k in w0:
         torch.testing.assert_close(avg[k], 0.75 * w0[k] + 0.25 * w1[k], rtol=1e-5, atol=1e-6)
     assert all(not torch.allclose(avg[k], w1[k]) for k in moved)
+
+
+def test_partners_are_the_most_correlated_microbes_and_never_the_microbe_itself():
+    """vae_partners: set_partners reads each microbe's k partners off the training view (|Pearson| over co-observed
+    rows); on a table where taxon 1 is taxon 0 plus noise and taxon 3 is minus taxon 2 plus noise, those pair up."""
+    g = np.random.default_rng(0)
+    Y = g.random((200, 6))
+    Y[:, 1] = Y[:, 0] + 0.05 * g.random(200)
+    Y[:, 3] = 1.0 - Y[:, 2] + 0.05 * g.random(200)
+    obs = g.random(Y.shape) > 0.2
+    vae = TokenVAE(6, latent_dim=2, hidden=8, token_hidden=8, partners=1)
+    vae.set_partners(np.where(obs, Y, np.nan), obs)
+    idx = vae.partner_idx[:, 0].tolist()
+    assert idx[:4] == [1, 0, 3, 2], idx
+    assert all(i != j for j, i in enumerate(idx))
+    np.testing.assert_allclose(vae.partner_mu.numpy(), [Y[obs[:, j], j].mean() for j in range(6)], rtol=1e-5)
+    assert TokenVAE(1, latent_dim=2, hidden=8, token_hidden=8, partners=4).partner_w is None  # nobody to pair with
+
+
+def test_partner_prediction_reads_partners_only_where_observed():
+    """partner_predict: mu_j + sd_j * (sum_p w_jp z_p m_p + sum_p v_jp (1 - m_p)), z standardized; checked entry by
+    entry, and neither the microbe's own value nor a partner outside the mask moves it."""
+    torch.manual_seed(0)
+    vae = TokenVAE(10, latent_dim=2, hidden=8, token_hidden=8, partners=3)
+    g = np.random.default_rng(1)
+    vae.set_partners(g.random((50, 10)), np.ones((50, 10), dtype=bool))
+    with torch.no_grad():
+        vae.partner_w.copy_(torch.randn(10, 3))
+        vae.partner_miss.copy_(torch.randn(10, 3))
+    x, m = _batch(10, B=4)
+    got = vae.partner_predict(x, m).detach().numpy()
+    P, w, v = vae.partner_idx.numpy(), vae.partner_w.detach().numpy(), vae.partner_miss.detach().numpy()
+    mu, sd = vae.partner_mu.numpy(), vae.partner_sd.numpy()
+    xn, mn = x.numpy(), m.numpy()
+    for b in range(4):
+        for j in range(10):
+            z = (xn[b, P[j]] - mu[P[j]]) / sd[P[j]] * mn[b, P[j]]
+            want = mu[j] + sd[j] * ((z * w[j]).sum() + ((1 - mn[b, P[j]]) * v[j]).sum())
+            assert abs(got[b, j] - want) < 1e-4
+    x2 = x.clone()
+    x2[:, 0] += 3.0  # microbe 0's own value: its prediction stays; a microbe that has 0 as an observed partner moves
+    assert torch.allclose(vae.partner_predict(x2, m)[:, 0], vae.partner_predict(x, m)[:, 0])
+    x3 = x.clone()
+    x3[~m] += 3.0  # values outside the mask are never read
+    assert torch.allclose(vae.partner_predict(x3, m), vae.partner_predict(x, m))
+
+
+def test_learned_partner_regression_imputes_planted_pairs():
+    """vae_partners: trained with the VAE (its own loss on the observed entries), the partner regression alone predicts
+    held-out entries of a table with planted pairs far better than the column means it starts from (its weights start at
+    zero). 300 x 30 synthetic, 20 % of the nonzero entries held out: test pcc_per_microbe 0.246 on seed 0 (0.291 on
+    seed 1), against 0 for the column means (measured)."""
+    from depmicro.core.data.evaluation import evaluate, make_split, training_view
+    from depmicro.core.data.synthetic import make_synthetic
+
+    Y = make_synthetic(300, 30, seed=0, metadata=False)[0].normalized
+    split = make_split(Y, seed=0, test_ratio=0.2, val_ratio=0.0)
+    view, obs = training_view(Y, split), split.observed
+    torch.manual_seed(0)
+    vae = TokenVAE(30, latent_dim=2, hidden=32, token_hidden=8, partners=4)
+    vae.set_partners(view, obs)
+    y, m = torch.as_tensor(np.where(obs, view, 0.0), dtype=torch.float32), torch.as_tensor(obs)
+    with torch.no_grad():
+        start = evaluate(Y, np.where(obs, view, vae.partner_predict(y, m).numpy()), split.test)
+    train_vae(vae, [(view, obs)], epochs=40, lr=5e-3, beta=1e-3, batch_size=32, mask_ratio=0.2,
+              rng=np.random.default_rng(0), device=torch.device("cpu"))
+    with torch.no_grad():
+        end = evaluate(Y, np.where(obs, view, vae.partner_predict(y, m).clamp(min=0).numpy()), split.test)
+    assert abs(start["pcc_per_microbe"]) < 1e-6  # the column means: no signal per microbe
+    assert end["pcc_per_microbe"] > 0.2 and end["rmse"] < start["rmse"], (start, end)
+
+
+def test_standardized_vae_decodes_to_each_microbes_own_scale_and_scores_in_standard_deviations():
+    """vae_standardize: set_scale stores the observed means / sds; the networks see (x - mu) / sd, decode() returns
+    mu + sd * (what the network decodes), and the loss's reconstruction term is the error in standard deviations (so a
+    microbe a thousand times rarer weighs alike)."""
+    g = np.random.default_rng(0)
+    Y = g.random((60, 8)) * np.logspace(-4, 0, 8)  # microbes four decades apart
+    obs = g.random(Y.shape) > 0.2
+    torch.manual_seed(0)
+    vae = TokenVAE(8, latent_dim=2, hidden=8, token_hidden=8, standardize=True)
+    vae.set_scale(np.where(obs, Y, np.nan), obs)
+    mu = np.array([Y[obs[:, j], j].mean() for j in range(8)])
+    np.testing.assert_allclose(vae.value_mu.numpy(), mu, rtol=1e-5)
+    np.testing.assert_allclose(vae.value_sd.numpy(), [Y[obs[:, j], j].std() for j in range(8)], rtol=1e-4)
+    z = torch.randn(3, 8, 2)
+    torch.testing.assert_close(vae.decode(z), vae.value_mu + vae.value_sd * vae._decode(z))
+    x = torch.as_tensor(np.where(obs, Y, 0.0)[:4], dtype=torch.float32)
+    m = torch.as_tensor(obs[:4])
+    torch.manual_seed(5)
+    got = vae.loss(x, m, m, beta=0.0)
+    torch.manual_seed(5)
+    xi = vae.inner(x)
+    mu_t, lv = vae.encode(x, m)
+    zz = mu_t + torch.exp(0.5 * lv) * torch.randn_like(mu_t)
+    want = ((vae._decode(zz) - xi) ** 2 * m.float()).sum(-1).mean()
+    torch.testing.assert_close(got, want)
+    # the raw VAE's loss is in raw units: the same table's reconstruction term is dominated by the abundant microbes
+    assert TokenVAE(8, latent_dim=2, hidden=8, token_hidden=8).standardize is False
+
+
+def test_partner_and_scale_buffers_travel_in_the_state_dict():
+    """A VAE rebuilt from its config and loaded from a state dict (what a bundle or the VAE cache does) predicts what
+    the trained one does: the partners, means and sds are buffers, not recomputed."""
+    from depmicro.core.model.config import ModelConfig
+    from depmicro.core.train.vae_phase import train_vae_entry
+    from depmicro.core.data.synthetic import make_synthetic
+
+    Y = make_synthetic(80, 12, seed=1, n_directed=2, n_symmetric=2, metadata=False)[0].normalized
+    obs = np.random.default_rng(0).random(Y.shape) > 0.2
+    cfg = ModelConfig(vae_epochs=2, vae_partners=3, vae_standardize=True, vae_factor_rank=2, vae_hidden=16, batch_size=32)
+    entry = train_vae_entry(cfg, np.where(obs, Y, np.nan), obs)
+    assert entry.state["partner_idx"].abs().sum() > 0 and entry.state["value_sd"].ne(1).all()
+    again = TokenVAE.from_config(12, cfg)
+    again.load_state_dict(entry.state)
+    first = TokenVAE.from_config(12, cfg)
+    first.load_state_dict({k: v.clone() for k, v in entry.state.items()})
+    np.testing.assert_array_equal(again.estimate(Y, obs), first.estimate(Y, obs))
+    fresh = TokenVAE.from_config(12, cfg)  # and a VAE that did not load them would predict otherwise
+    fresh.load_state_dict({k: v for k, v in entry.state.items() if not k.startswith(("partner_idx", "value_"))}, strict=False)
+    assert not np.allclose(fresh.estimate(Y, obs), first.estimate(Y, obs))
