@@ -137,3 +137,15 @@ def test_train_rejects_bad_config_in_one_line(tmp_path, capsys):
                  "--set", "hiden_dim=3"]) == 2
     err = capsys.readouterr().err
     assert "unknown config key 'hiden_dim'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_wide_table_with_a_raw_value_vae_is_pointed_at_wide_yaml():
+    """The note appears past WIDE_TAXA taxa unless the VAE standardizes; a TCMA-width table and wide.yaml get none."""
+    from depmicro.core.cli.model import WIDE_TAXA, wide_table_note
+    from depmicro.core.model.config import load_config
+
+    configs = Path(__file__).resolve().parents[3] / "studies" / "configs"
+    small, wide = load_config(configs / "small.yaml"), load_config(configs / "wide.yaml")
+    assert "wide.yaml" in wide_table_note(1700, small) and "1700 taxa" in wide_table_note(1700, small)
+    assert wide_table_note(WIDE_TAXA, small) is None and wide_table_note(106, small) is None
+    assert wide_table_note(1700, wide) is None

@@ -1,6 +1,8 @@
 """ModelConfig: one-line validation errors, YAML with typed overrides, the shipped configs."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from depmicro.core.errors import DepmicroError
@@ -44,4 +46,7 @@ def test_shipped_configs_load():
     assert vae_settings(small) == {**vae_settings(tiny), "vae_epochs": 150, "vae_readout": True, "vae_factor_rank": 64,
                                    "vae_factor_visible_weight": 1.0, "vae_ema_decay": 0.995, "vae_joint_finetune": True}
     assert vae_settings(paper) == vae_settings(small)  # paper.yaml is small.yaml's VAE under a wider DAT
+    wide = load_config(root / "wide.yaml")  # small.yaml with a standardized VAE and partners, validated every third epoch
+    assert vae_settings(wide) == {**vae_settings(small), "vae_standardize": True, "vae_partners": 8}
+    assert replace(wide, vae_standardize=False, vae_partners=0, val_every=small.val_every) == small
     assert small.estimate == "mean" and small.train_steps > 0 and small.ema_decay > 0
