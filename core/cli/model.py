@@ -19,6 +19,7 @@ from depmicro.core.data.dataset import taxa_difference
 from depmicro.core.data.evaluation import make_split
 from depmicro.core.errors import DepmicroError
 from depmicro.core.model.bundle import load_model, save_model
+from depmicro.core.model.config import ModelConfig
 from depmicro.core.train import fit
 
 
@@ -26,7 +27,7 @@ from depmicro.core.train import fit
 WIDE_TAXA = 256
 
 
-def wide_table_note(n_taxa: int, cfg) -> str | None:
+def wide_table_note(n_taxa: int, cfg: ModelConfig) -> str | None:
     """A one-line pointer to wide.yaml when a wide table meets a VAE that reads raw values. Why: on kraken_like
     1,000 x 1,700 small.yaml's encoder scores 0.21 test and wide.yaml's 0.43; nothing in the command says so."""
     if n_taxa <= WIDE_TAXA or cfg.vae_standardize:
