@@ -147,5 +147,6 @@ def test_a_wide_table_with_a_raw_value_vae_is_pointed_at_wide_yaml():
     configs = Path(__file__).resolve().parents[3] / "studies" / "configs"
     small, wide = load_config(configs / "small.yaml"), load_config(configs / "wide.yaml")
     assert "wide.yaml" in wide_table_note(1700, small) and "1700 taxa" in wide_table_note(1700, small)
-    assert wide_table_note(WIDE_TAXA, small) is None and wide_table_note(106, small) is None
+    assert wide_table_note(WIDE_TAXA, small) is None and wide_table_note(400, small) is None  # small.yaml won at 400
+    assert wide_table_note(106, small) is None and "wide.yaml" in wide_table_note(401, small)
     assert wide_table_note(1700, wide) is None
