@@ -64,7 +64,7 @@ class TokenVAE(nn.Module):
 
     def set_scale(self, Y: np.ndarray, observed: np.ndarray) -> None:
         """The per-microbe mean and standard deviation of the observed training values (sd 1 where they do not vary)."""
-        mu, sd = _observed_moments(Y, observed)
+        _, mu, sd = _observed_moments(Y, observed)
         with torch.no_grad():
             self.value_mu.copy_(torch.as_tensor(mu, dtype=self.value_mu.dtype))
             self.value_sd.copy_(torch.as_tensor(sd, dtype=self.value_sd.dtype))
@@ -103,8 +103,7 @@ class TokenVAE(nn.Module):
         Read from the training view once, before the VAE trains; the regression weights are then learned with it."""
         k = self.partner_idx.shape[1]
         obs = np.asarray(observed, dtype=bool)
-        X = np.where(obs, np.nan_to_num(np.asarray(Y, dtype=np.float64)), 0.0)
-        mu, sd = _observed_moments(X, obs)
+        X, mu, sd = _observed_moments(Y, obs)
         Z = np.where(obs, (X - mu) / sd, 0.0)
         both = obs.T.astype(np.float64) @ obs.astype(np.float64)
         corr = np.abs(Z.T @ Z) / np.maximum(both, 1)
@@ -236,13 +235,14 @@ class TokenVAE(nn.Module):
         return loss.mean()
 
 
-def _observed_moments(Y: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _observed_moments(Y: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Y with unobserved entries at 0, and each column's mean and sd over its observed entries (sd 1 where constant)."""
     obs = np.asarray(observed, dtype=bool)
     X = np.where(obs, np.nan_to_num(np.asarray(Y, dtype=np.float64)), 0.0)
     n = np.maximum(obs.sum(0), 1)
     mu = X.sum(0) / n
     sd = np.sqrt((np.where(obs, X - mu, 0.0) ** 2).sum(0) / n)
-    return mu, np.where(sd > 0, sd, 1.0)
+    return X, mu, np.where(sd > 0, sd, 1.0)
 
 
 def corrupt(m: np.ndarray, Y: np.ndarray, ratio: float, rng: np.random.Generator) -> np.ndarray:
