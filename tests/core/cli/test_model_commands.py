@@ -139,14 +139,22 @@ def test_train_rejects_bad_config_in_one_line(tmp_path, capsys):
     assert "unknown config key 'hiden_dim'" in err and len(err.strip().splitlines()) == 1
 
 
-def test_a_wide_table_with_a_raw_value_vae_is_pointed_at_wide_yaml():
-    """The note appears past WIDE_TAXA taxa unless the VAE standardizes; a TCMA-width table and wide.yaml get none."""
-    from depmicro.core.cli.model import WIDE_TAXA, wide_table_note
+def test_a_wide_table_is_pointed_at_the_vae_options_it_needs():
+    """Partners (raw values) from PARTNER_TAXA taxa, wide.yaml past WIDE_TAXA; a TCMA-width table and a config that
+    already has what its width needs get none."""
+    from dataclasses import replace
+
+    from depmicro.core.cli.model import PARTNER_TAXA, WIDE_TAXA, wide_table_note
     from depmicro.core.model.config import load_config
 
     configs = Path(__file__).resolve().parents[3] / "studies" / "configs"
     small, wide = load_config(configs / "small.yaml"), load_config(configs / "wide.yaml")
-    assert "wide.yaml" in wide_table_note(1700, small) and "1700 taxa" in wide_table_note(1700, small)
-    assert wide_table_note(WIDE_TAXA, small) is None and wide_table_note(400, small) is None  # small.yaml won at 400
-    assert wide_table_note(106, small) is None and "wide.yaml" in wide_table_note(401, small)
+    partners = replace(wide, vae_standardize=False)
+    assert "wide.yaml (" in wide_table_note(1700, small) and "1700 taxa" in wide_table_note(1700, small)
+    assert "wide.yaml (" in wide_table_note(WIDE_TAXA + 1, partners)  # past WIDE_TAXA partners alone are not enough
+    assert "vae_standardize=false" in wide_table_note(PARTNER_TAXA, small)
+    assert "vae_standardize=false" in wide_table_note(WIDE_TAXA, small)
+    assert wide_table_note(PARTNER_TAXA - 1, small) is None and wide_table_note(106, small) is None
+    assert wide_table_note(600, partners) is None
+    assert "vae_standardize=false" in wide_table_note(600, wide)  # the standardized VAE trailed at 400 taxa
     assert wide_table_note(1700, wide) is None
