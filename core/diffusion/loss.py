@@ -72,7 +72,7 @@ def epsilon_loss(imp: DepMicroDiff, y: torch.Tensor, obs: torch.Tensor, meta: to
             # scored where the metric is: a latent error the decoder ignores costs nothing here, one it
             # amplifies costs what it does to the value (the VAE is frozen; only the DAT learns from this)
             z_hat = x0_hat.float() + (hint if cfg.residual_diffusion else 0.0)
-            v_hat = imp.vae.decode(imp.denorm(z_hat), cols=idx)
+            v_hat = imp.vae.decode(imp.denorm(z_hat), cols=idx, partner_pred=imp.vae.gate_input(y, cond))
             v_err = (v_hat - torch.gather(y, 1, idx)) ** 2
             loss = loss + cfg.x0_value_loss * (v_err * vf).sum() / vf.sum().clamp(min=1)
     return loss

@@ -64,4 +64,4 @@ def sample_batch(imp: DepMicroDiff, y: torch.Tensor, obs: torch.Tensor, meta, ha
             x = x + hint
         upd = torch.zeros_like(z_gen).scatter_add(1, gi, x * valid.float()[..., None])  # padding adds 0
         z_gen = z_gen + upd
-    return imp.vae.decode(imp.denorm(z_gen)).clamp(min=0)
+    return imp.vae.decode(imp.denorm(z_gen), partner_pred=imp.vae.gate_input(y, obs)).clamp(min=0)

@@ -39,6 +39,8 @@ class ModelConfig:
     vae_partners: int = 0          # k > 0: each token also reads a learned linear regression of its microbe on the k
                                    # microbes whose training values correlate most with its own
                                    # (TokenVAE.partner_predict); 0: off, the VAE as before
+    vae_partner_gate: bool = False  # with vae_partners: a hidden entry's value is a learned per-microbe blend of the
+                                    # decoded token and the partner regression (TokenVAE.decode); False: decoded only
     vae_standardize: bool = False  # the VAE reads and decodes each microbe's values standardized (TokenVAE.set_scale);
                                    # False: raw relative abundances, as before
     vae_factor_rank_alt: int = 0   # r' > 0: `fit` also trains the VAE at factor rank r' and keeps the rank whose encoder

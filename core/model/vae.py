@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 class TokenVAE(nn.Module):
     def __init__(self, n_taxa: int, latent_dim: int = 4, hidden: int = 128, token_hidden: int = 32,
-                 readout: bool = False, factor_rank: int = 0, partners: int = 0, standardize: bool = False):
+                 readout: bool = False, factor_rank: int = 0, partners: int = 0, standardize: bool = False,
+                 partner_gate: bool = False):
         super().__init__()
         self.D, self.k = n_taxa, latent_dim
         # each microbe's values standardized inside the VAE (set_scale), decoded back to its own scale. Why: with raw
@@ -46,6 +47,11 @@ class TokenVAE(nn.Module):
             self.register_buffer("partner_idx", torch.zeros(n_taxa, k, dtype=torch.long))
             self.register_buffer("partner_mu", torch.zeros(n_taxa))
             self.register_buffer("partner_sd", torch.ones(n_taxa))
+        # a per-microbe gate between the decoded token and the partner regression, for the entries the encoder did not
+        # see (decode). Why: on raw values past 800 taxa the encoder holds less than its own partner input (0.384 against
+        # 0.427 test at 1,200 taxa; docs/model-log.md section 25): the decoder serves the abundant microbes and drops the
+        # rare ones' partner signal, so the readout may take the regression directly where it predicts better
+        self.partner_gate = nn.Parameter(torch.zeros(n_taxa)) if partner_gate and k > 0 else None
         self.enc_local = nn.Linear(2 + bool(factor_rank) + (k > 0), token_hidden)
         self.enc_out = nn.Sequential(nn.SiLU(), nn.Linear(token_hidden, token_hidden), nn.SiLU(), nn.Linear(token_hidden, 2 * latent_dim))
         # per-microbe linear readout of the context (zero at init: the additive path's tokens, bit for bit). Why: a
@@ -60,7 +66,7 @@ class TokenVAE(nn.Module):
         """The VAE a ModelConfig describes: the one place its fields reach the constructor (the model, the cached
         VAE phase and the encoder bench all build it here, so a new VAE field cannot reach one and miss another)."""
         return cls(n_taxa, cfg.latent_dim, cfg.vae_hidden, readout=cfg.vae_readout, factor_rank=cfg.vae_factor_rank,
-                   partners=cfg.vae_partners, standardize=cfg.vae_standardize)
+                   partners=cfg.vae_partners, standardize=cfg.vae_standardize, partner_gate=cfg.vae_partner_gate)
 
     def set_scale(self, Y: np.ndarray, observed: np.ndarray) -> None:
         """The per-microbe mean and standard deviation of the observed training values (sd 1 where they do not vary)."""
@@ -186,12 +192,27 @@ class TokenVAE(nn.Module):
             y = torch.as_tensor(yv[i : i + rows], device=dev)
             m = torch.as_tensor(np.asarray(observed[i : i + rows], dtype=bool), device=dev)
             mu, _ = self.encode(y * m.float(), m)
-            out.append(self.decode(mu).clamp(min=0).cpu().numpy())
+            out.append(self.decode(mu, partner_pred=self.gate_input(y, m)).clamp(min=0).cpu().numpy())
         return np.concatenate(out).astype(np.float64)
 
-    def decode(self, z: torch.Tensor, cols: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, D, k) -> (B, D) values; each token decoded on its own (`cols`: z holds those microbes' tokens)."""
+    def gate_input(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor | None:
+        """What decode's `partner_pred` takes for profiles (B, D) with observed flags `m`: the partner regression in the
+        inner scale, or None without a gate."""
+        if self.partner_gate is None:
+            return None
+        return self.partner_predict(self.inner(x * m.float()), m.float())
+
+    def decode(self, z: torch.Tensor, cols: torch.Tensor | None = None,
+               partner_pred: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, D, k) -> (B, D) values; each token decoded on its own (`cols`: z holds those microbes' tokens).
+        With a partner gate, `partner_pred` (gate_input, (B, D), all microbes) blends into every value: the caller
+        keeps observed entries, so only the imputed ones carry it."""
         out = self._decode(z, cols)
+        if self.partner_gate is not None and partner_pred is not None:
+            g, pp = self.partner_gate, partner_pred
+            if cols is not None:  # (S,) shared by the batch, or (B, S) per profile
+                g, pp = g[cols], (pp[:, cols] if cols.dim() == 1 else torch.gather(pp, 1, cols))
+            out = out + torch.sigmoid(g) * (pp - out)
         if not self.standardize:
             return out
         mu, sd = (self.value_mu, self.value_sd) if cols is None else (self.value_mu[cols], self.value_sd[cols])
@@ -219,7 +240,14 @@ class TokenVAE(nn.Module):
         xs, ms, scale = x, m_loss, 1.0
         if cols is not None:
             xs, ms, scale = x[:, cols], m_loss[:, cols], self.D / len(cols)
-        recon = ((self._decode(z, cols) - xs) ** 2 * ms.float()).sum(-1)
+        out = self._decode(z, cols)
+        if self.partner_gate is not None:  # the gate blends on the hidden entries only: on a visible one the decoder
+            # reads the value itself, which would teach the gate to shut
+            g, pc, seen = self.partner_gate, pp, m_in.bool()
+            if cols is not None:
+                g, pc, seen = g[cols], pp[:, cols], seen[:, cols]
+            out = torch.where(seen, out, out + torch.sigmoid(g) * (pc - out))
+        recon = ((out - xs) ** 2 * ms.float()).sum(-1)
         kl = -0.5 * (1 + logvar - mu**2 - logvar.exp()).sum((-1, -2))
         loss = scale * (recon + beta * kl)
         if self.factor is not None:  # the factor model's own regression, on the entries hidden from it (all D), and at

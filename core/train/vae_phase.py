@@ -46,10 +46,11 @@ FORMAT = "depmicro-vae/2"
 VAE_FIELDS = ("latent_dim", "vae_hidden", "vae_beta", "vae_epochs", "vae_lr", "batch_size", "train_mask_ratio", "seed",
               "vae_token_sample", "vae_visible_weight", "vae_readout",
               "vae_factor_rank", "vae_factor_init", "vae_factor_visible_weight", "vae_ema_decay",
-              "vae_joint_finetune", "vae_partners", "vae_standardize")
+              "vae_joint_finetune", "vae_partners", "vae_standardize", "vae_partner_gate")
 # fields added after FORMAT 2 shipped, with their defaults: at the default they stay out of the key, so an entry
 # trained before the field existed (which trained exactly as the default does) is still a hit
-KEYED_WHEN_SET = {"vae_ema_decay": 0.0, "vae_joint_finetune": False, "vae_partners": 0, "vae_standardize": False}
+KEYED_WHEN_SET = {"vae_ema_decay": 0.0, "vae_joint_finetune": False, "vae_partners": 0, "vae_standardize": False,
+                  "vae_partner_gate": False}
 
 
 @dataclass

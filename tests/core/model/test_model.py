@@ -284,12 +284,15 @@ def test_pretraining_is_leave_target_out(monkeypatch):
     assert seen == [[(60, 8)]]
 
 
-def test_untrained_dat_reproduces_the_encoder_estimate():
+@pytest.mark.parametrize("vae", [{}, {"vae_partners": 2, "vae_partner_gate": True}], ids=["plain", "partner_gate"])
+def test_untrained_dat_reproduces_the_encoder_estimate(vae):
     """Residual diffusion + zero-initialized x0 head: before the DAT learns anything, every sampler
-    returns the VAE's own estimate. That estimate is the bar the DAT must beat (tests/bench/dat_epochs.py)."""
+    returns the VAE's own estimate. That estimate is the bar the DAT must beat (tests/bench/dat_epochs.py).
+    With a partner gate the sampler's decode must blend in the partner regression as the encoder's does."""
     Y = Dataset(counts=small_counts(), obs_names=[], var_names=[]).normalized
     obs = make_split(Y, seed=3).observed
-    imp = DepMicroDiffImputer(cfg_of(sampling="fractional", sampling_fraction=10, sampler_eta=1.0, infer_ar_steps=2), Y.shape[1])
+    cfg = cfg_of(sampling="fractional", sampling_fraction=10, sampler_eta=1.0, infer_ar_steps=2, **vae)
+    imp = DepMicroDiffImputer(cfg, Y.shape[1])
     with torch.no_grad():  # a VAE that is not the identity, so the estimate is not trivial
         for p in imp.vae.parameters():
             p.add_(torch.randn_like(p) * 0.3)

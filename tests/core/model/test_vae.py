@@ -380,3 +380,58 @@ def test_partner_and_scale_buffers_travel_in_the_state_dict():
     fresh = TokenVAE.from_config(12, cfg)  # and a VAE that did not load them would predict otherwise
     fresh.load_state_dict({k: v for k, v in entry.state.items() if not k.startswith(("partner_idx", "value_"))}, strict=False)
     assert not np.allclose(fresh.estimate(Y, obs), first.estimate(Y, obs))
+
+
+def test_partner_gate_blends_the_partner_regression_into_the_hidden_entries_only():
+    """vae_partner_gate: decode() returns dec + sigmoid(g) * (partner - dec) per microbe (then the microbe's own scale);
+    in the loss the blend enters only where the encoder did not see the value (a visible one is read from itself and
+    would teach the gate to shut), so with nothing hidden the gate cannot move the loss; with entries hidden it does."""
+    torch.manual_seed(0)
+    vae = TokenVAE(10, latent_dim=2, hidden=8, token_hidden=8, partners=3, standardize=True, partner_gate=True)
+    g = np.random.default_rng(1)
+    Y = g.random((50, 10))
+    vae.set_scale(Y, np.ones_like(Y, dtype=bool))
+    vae.set_partners(vae.inner(Y), np.ones_like(Y, dtype=bool))
+    with torch.no_grad():
+        vae.partner_w.copy_(torch.randn(10, 3))
+        vae.partner_gate.copy_(torch.randn(10))
+    x, m = _batch(10, B=4)
+    pp = vae.gate_input(x, m)
+    torch.testing.assert_close(pp, vae.partner_predict(vae.inner(x * m.float()), m.float()))
+    z = torch.randn(4, 10, 2)
+    dec = vae._decode(z)
+    want = vae.value_mu + vae.value_sd * (dec + torch.sigmoid(vae.partner_gate) * (pp - dec))
+    torch.testing.assert_close(vae.decode(z, partner_pred=pp), want)
+    cols = torch.tensor([[1, 4], [0, 9], [2, 2], [7, 3]])  # per profile, as the value-space x0 loss decodes
+    torch.testing.assert_close(vae.decode(torch.gather(z, 1, cols[..., None].expand(-1, -1, 2)), cols=cols, partner_pred=pp),
+                               torch.gather(want, 1, cols))
+    torch.testing.assert_close(vae.decode(z), vae.value_mu + vae.value_sd * dec)  # no partner prediction, no blend
+
+    def loss_with_gate(value: float, m_in: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            vae.partner_gate.fill_(value)
+        torch.manual_seed(5)
+        return vae.loss(x, m_in, m, beta=0.0)
+
+    torch.testing.assert_close(loss_with_gate(-3.0, m), loss_with_gate(3.0, m))
+    hidden = m & torch.from_numpy(g.random(m.shape) < 0.5)
+    assert abs(loss_with_gate(-3.0, m & ~hidden).item() - loss_with_gate(3.0, m & ~hidden).item()) > 1e-3
+    assert TokenVAE(10, latent_dim=2, hidden=8, token_hidden=8, partner_gate=True).partner_gate is None  # needs partners
+
+
+def test_partner_gate_opens_where_the_partner_regression_predicts_well():
+    """Trained with the VAE on raw values, the gate of a microbe that is its partner's copy opens (the regression
+    predicts it almost exactly) further than the gate of a microbe independent of every other one (measured: 0.82
+    against 0.57-0.59 on this table after 80 epochs, from 0.5 at the start)."""
+    g = np.random.default_rng(0)
+    Y = g.random((300, 8)) * 0.2
+    Y[:, 1] = Y[:, 0] + 0.01 * g.random(300)
+    obs = g.random(Y.shape) > 0.2
+    torch.manual_seed(0)
+    vae = TokenVAE(8, latent_dim=2, hidden=16, token_hidden=8, partners=2, partner_gate=True)
+    vae.set_partners(np.where(obs, Y, np.nan), obs)
+    train_vae(vae, [(np.where(obs, Y, np.nan), obs)], epochs=80, lr=1e-2, beta=1e-3, batch_size=32, mask_ratio=0.3,
+              rng=np.random.default_rng(0), device=torch.device("cpu"))
+    gate = torch.sigmoid(vae.partner_gate).detach().numpy()
+    assert gate[0] > 0.75 and gate[1] > 0.75, gate
+    assert min(gate[:2]) - gate[2:].max() > 0.15, gate
