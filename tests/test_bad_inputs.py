@@ -242,6 +242,8 @@ def _config_cases() -> dict:
                                                "--out", e.tmp / "m"], "aliases"),
         "config is a directory": (lambda e: ["train", (e.tmp / "cfgdir").mkdir() or e.tmp / "cfgdir", "--data", e.csv,
                                              "--out", e.tmp / "m"], "is a directory"),
+        "partner gate without partners": (lambda e: ["train", e.w("gate.yaml", "vae_partner_gate: true\n"), "--data",
+                                                     e.csv, "--out", e.tmp / "m"], "needs vae_partners > 0"),
     }
 
 

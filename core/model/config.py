@@ -165,6 +165,8 @@ def _check(cfg: ModelConfig) -> ModelConfig:
     parse_memory(cfg.max_memory)
     if cfg.hidden_dim % cfg.n_heads:
         raise DepmicroError(f"config hidden_dim ({cfg.hidden_dim}) must be divisible by n_heads ({cfg.n_heads})")
+    if cfg.vae_partner_gate and not cfg.vae_partners:
+        raise DepmicroError("config vae_partner_gate blends the partner regression in: it needs vae_partners > 0")
     if cfg.sampling_fraction > cfg.timesteps:
         raise DepmicroError(f"config sampling_fraction ({cfg.sampling_fraction}) exceeds timesteps ({cfg.timesteps})")
     for name in ("ema_decay", "vae_ema_decay"):
