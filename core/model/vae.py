@@ -209,14 +209,19 @@ class TokenVAE(nn.Module):
         keeps observed entries, so only the imputed ones carry it."""
         out = self._decode(z, cols)
         if self.partner_gate is not None and partner_pred is not None:
-            g, pp = self.partner_gate, partner_pred
-            if cols is not None:  # (S,) shared by the batch, or (B, S) per profile
-                g, pp = g[cols], (pp[:, cols] if cols.dim() == 1 else torch.gather(pp, 1, cols))
-            out = out + torch.sigmoid(g) * (pp - out)
+            out = self._gated(out, partner_pred, cols)
         if not self.standardize:
             return out
         mu, sd = (self.value_mu, self.value_sd) if cols is None else (self.value_mu[cols], self.value_sd[cols])
         return mu + sd * out
+
+    def _gated(self, out: torch.Tensor, pp: torch.Tensor, cols: torch.Tensor | None) -> torch.Tensor:
+        """Decoded values `out` (inner scale) blended with the partner prediction `pp` (B, D) by each microbe's gate;
+        `cols` names out's microbes: (S,) shared by the batch, or (B, S) per profile."""
+        g = self.partner_gate
+        if cols is not None:
+            g, pp = g[cols], (pp[:, cols] if cols.dim() == 1 else torch.gather(pp, 1, cols))
+        return out + torch.sigmoid(g) * (pp - out)
 
     def _decode(self, z: torch.Tensor, cols: torch.Tensor | None = None) -> torch.Tensor:
         h = self.dec[0](z) + (self.dec_embed if cols is None else self.dec_embed[cols])
@@ -243,10 +248,8 @@ class TokenVAE(nn.Module):
         out = self._decode(z, cols)
         if self.partner_gate is not None:  # the gate blends on the hidden entries only: on a visible one the decoder
             # reads the value itself, which would teach the gate to shut
-            g, pc, seen = self.partner_gate, pp, m_in.bool()
-            if cols is not None:
-                g, pc, seen = g[cols], pp[:, cols], seen[:, cols]
-            out = torch.where(seen, out, out + torch.sigmoid(g) * (pc - out))
+            seen = m_in.bool() if cols is None else m_in.bool()[:, cols]
+            out = torch.where(seen, out, self._gated(out, pp, cols))
         recon = ((out - xs) ** 2 * ms.float()).sum(-1)
         kl = -0.5 * (1 + logvar - mu**2 - logvar.exp()).sum((-1, -2))
         loss = scale * (recon + beta * kl)

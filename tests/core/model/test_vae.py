@@ -405,6 +405,8 @@ def test_partner_gate_blends_the_partner_regression_into_the_hidden_entries_only
     cols = torch.tensor([[1, 4], [0, 9], [2, 2], [7, 3]])  # per profile, as the value-space x0 loss decodes
     torch.testing.assert_close(vae.decode(torch.gather(z, 1, cols[..., None].expand(-1, -1, 2)), cols=cols, partner_pred=pp),
                                torch.gather(want, 1, cols))
+    shared = torch.tensor([8, 2, 5])  # one subset for the batch, as the loss's token sample decodes
+    torch.testing.assert_close(vae.decode(z[:, shared], cols=shared, partner_pred=pp), want[:, shared])
     torch.testing.assert_close(vae.decode(z), vae.value_mu + vae.value_sd * dec)  # no partner prediction, no blend
 
     def loss_with_gate(value: float, m_in: torch.Tensor) -> torch.Tensor:
