@@ -289,7 +289,8 @@ def _validated(X: np.ndarray, obs: list[str], var: list[str], p: Path, allow_mis
     nan = np.isnan(X)
     if nan.any() and not allow_missing:
         r, c = np.argwhere(nan)[0]
-        raise DepmicroError(f"{p}: missing/NaN value at sample {obs[r]!r}, taxon {var[c]!r} ({int(nan.sum())} in all)")
+        raise DepmicroError(f"{p}: missing/NaN value at sample {obs[r]!r}, taxon {var[c]!r} ({int(nan.sum())} in all); "
+                             "complete counts are needed here (NaN/empty cells are what `depmicro impute` fills)")
     if (X[~nan] < 0).any():
         r, c = np.argwhere(np.nan_to_num(X) < 0)[0]
         raise DepmicroError(f"{p}: negative count {X[r, c]:g} at sample {obs[r]!r}, taxon {var[c]!r}")
