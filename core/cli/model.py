@@ -16,7 +16,7 @@ import pandas as pd
 from depmicro.core.cli.model_checks import OUTPUT_SUFFIXES, check_impute, check_train
 from depmicro.core.data import align_taxa, in_taxon_order, load_dataset
 from depmicro.core.data.dataset import taxa_difference
-from depmicro.core.data.evaluation import make_split
+from depmicro.core.data.evaluation import make_split, undefined_score_note
 from depmicro.core.errors import DepmicroError
 from depmicro.core.model.bundle import load_model, save_model
 from depmicro.core.model.config import ModelConfig
@@ -54,6 +54,9 @@ def train(args: argparse.Namespace) -> dict:
     pretrain = align_taxa(ds, [load_dataset(p) for p in (args.pretrain or [])])
     split = make_split(ds.counts, seed=cfg.seed, test_ratio=cfg.test_ratio, val_ratio=cfg.val_ratio)
     res = fit(cfg, ds, split, pretrain=pretrain, progress=sys.stderr.isatty())
+    note = undefined_score_note(res.test)
+    if note:
+        print(note, file=sys.stderr)
     save_model(res.imputer, out)
     return {"val": res.val, "test": res.test, "seconds": round(res.seconds, 3), "epochs": res.epochs,
             "dataset": ds.name, "seed": cfg.seed, "protocol": cfg.protocol, "model": str(out)}

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from depmicro.core.cli import main
@@ -48,6 +50,25 @@ def test_baseline_json_has_the_metric_names(capsys):
     nonzero = int((load_dataset(tcma_path("stad")).counts > 0).sum())
     assert res["n_heldout"] == round(0.1 * nonzero)
     assert 0.6 < res["pcc"] < 0.95
+
+
+def test_an_undefined_per_microbe_score_is_explained_in_one_line(capsys, tmp_path):
+    """8 samples x 10 taxa hold out 4 entries: no microbe reaches 5, so pcc_per_microbe is null, and stderr says why."""
+    rng = np.random.default_rng(0)
+
+    def table(n: int) -> str:
+        path = tmp_path / f"t{n}.csv"
+        pd.DataFrame(rng.integers(1, 50, size=(n, 10)), index=[f"s{i}" for i in range(n)],
+                     columns=[f"t{j}" for j in range(10)]).to_csv(path)
+        return str(path)
+
+    code, out, err = run(capsys, "baseline", table(8), "--method", "mean", "--json")
+    res = json.loads(out)
+    assert code == 0 and res["pcc_per_microbe"] is None and res["n_microbes"] == 0
+    assert err.strip() == (f"note: test pcc_per_microbe is undefined: no microbe has 5 held-out entries ({res['n_heldout']} "
+                           "held out in all); the table is too small or too sparse for this score")
+    code, out, err = run(capsys, "baseline", table(100), "--method", "mean", "--json")
+    assert code == 0 and json.loads(out)["n_microbes"] == 10 and err == ""  # a defined score gets no note
 
 
 def test_baseline_protocols_share_the_masks_and_differ_in_scale(capsys):
