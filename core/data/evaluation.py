@@ -150,12 +150,13 @@ def evaluate(Y_true: np.ndarray, Y_pred: np.ndarray, mask: np.ndarray) -> dict[s
     }
 
 
-def undefined_score_note(metrics: dict, where: str = "test") -> str | None:
-    """A one-line stderr note when pcc_per_microbe came out undefined (null). Why: on a small or very sparse table no
-    microbe reaches MIN_HELDOUT_PER_MICROBE held-out entries, and a bare null reads like a failure of the method."""
+def undefined_score_note(metrics: dict) -> str | None:
+    """A one-line stderr note when the test pcc_per_microbe came out undefined (null). Why: on a small or very
+    sparse table no microbe reaches MIN_HELDOUT_PER_MICROBE held-out entries, and a bare null reads like a
+    failure of the method."""
     if metrics.get("n_microbes", 1) > 0:
         return None
-    return (f"note: {where} pcc_per_microbe is undefined: no microbe has {MIN_HELDOUT_PER_MICROBE} held-out entries "
+    return (f"note: test pcc_per_microbe is undefined: no microbe has {MIN_HELDOUT_PER_MICROBE} held-out entries "
             f"({metrics.get('n_heldout', 0)} held out in all); the table is too small or too sparse for this score")
 
 
