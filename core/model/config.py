@@ -69,6 +69,7 @@ class ModelConfig:
     mi_threshold: float = 0.1      # nats
     residual_condition: bool = True  # give the condition token the row's unobserved relative mass (protocol artifact)
     attn_block: int = 256          # clean tokens attend within blocks of this many microbes (0 or >= taxa: all of them)
+    attn_layout: str = "index"     # index | correlation: which microbes share a block (model/layout.py)
     # --- diffusion ---
     timesteps: int = 1000
     sampling: str = "fractional"   # full | fractional | adaptive
@@ -127,6 +128,7 @@ def needs_dep_stats(dep_mask_mode: str, ar_order: str) -> bool:
 
 _CHOICES = {
     "ar_order": ("index", "variance", "dependency"),
+    "attn_layout": ("index", "correlation"),
     "dep_mask_mode": ("paper", "restrict", "off"),
     "sampling": ("full", "fractional", "adaptive"),
     "mixed_precision": ("no", "bf16", "auto"),

@@ -12,6 +12,10 @@ than D^2 per layer, the same as Algorithm 2 when one block holds every microbe);
 what Algorithm 2 lets them inside their own block (`ar.noisy_blocks`: the condition tokens, the block's
 clean tokens and its noisy tokens), or, with one block, the noisy rows of Algorithm 2 themselves
 (`ar.noisy_attention`). Masks are (B, 1, ., .) and broadcast over heads.
+
+Blocks hold consecutive microbes in index order, or, with a `layout` (`model/layout.py`: correlated
+microbes together), consecutive microbes of that permutation: the DAT then keeps its tokens in layout
+order internally, and every caller still speaks in microbe indices.
 """
 from __future__ import annotations
 
@@ -133,7 +137,7 @@ def additive(allow: torch.Tensor) -> torch.Tensor:
 class DAT(nn.Module):
     def __init__(self, n_taxa: int, latent_dim: int, *, hidden: int, layers: int, heads: int, mlp_ratio: float,
                  dropout: float = 0.0, meta_dim: int = 0, residual_condition: bool = True,
-                 alpha_bar: torch.Tensor | None = None, attn_block: int = 0):
+                 alpha_bar: torch.Tensor | None = None, attn_block: int = 0, layout: bool = False):
         super().__init__()
         self.attn_block = attn_block  # clean tokens attend within blocks of this many microbes (0: one block)
         self.alpha_bar = alpha_bar  # set for an x0-parameterized epsilon head (not a parameter: the schedule)
@@ -156,6 +160,24 @@ class DAT(nn.Module):
         self.out = nn.Linear(H, k)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        # the block layout (set_layout, from the training view); a buffer, so bundles carry it (None: index order)
+        self.register_buffer("layout", torch.arange(D) if layout else None)
+
+    def set_layout(self, perm) -> None:
+        """Microbe perm[i] sits at token position i; blocks are consecutive positions."""
+        perm = torch.as_tensor(perm, dtype=torch.long)
+        if not torch.equal(torch.sort(perm).values, torch.arange(self.D)):
+            raise ValueError(f"a block layout must be a permutation of the {self.D} microbes")
+        with torch.no_grad():
+            self.layout.copy_(perm)
+
+    def _laid(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, D, ...) in microbe order -> token (layout) order."""
+        return t if self.layout is None else t[:, self.layout]
+
+    def _positions(self, idx: torch.Tensor) -> torch.Tensor:
+        """Microbe indices -> token positions."""
+        return idx if self.layout is None else torch.argsort(self.layout)[idx]
 
     def condition(self, z_obs: torch.Tensor, flag: torch.Tensor, residual: torch.Tensor | None,
                   meta: torch.Tensor | None, has_meta: torch.Tensor | None) -> torch.Tensor:
@@ -176,9 +198,10 @@ class DAT(nn.Module):
                        allow_ctx: torch.Tensor) -> tuple[torch.Tensor, list]:
         """Run the condition and clean tokens through every block; returns per-microbe value
         embeddings and the per-layer keys/values the noisy tokens attend to (a KV cache)."""
-        f = flag.float()
-        val = self.value_in(torch.stack([x_obs * f, f], dim=-1))  # (B, D, H)
-        x = torch.cat([cond, self.clean_in(z_clean) + self.pos + self.kind[0] + val], dim=1)
+        z_clean, x_obs, f = self._laid(z_clean), self._laid(x_obs), self._laid(flag).float()
+        pos = self.pos if self.layout is None else self.pos[self.layout]
+        val = self.value_in(torch.stack([x_obs * f, f], dim=-1))  # (B, D, H), token order
+        x = torch.cat([cond, self.clean_in(z_clean) + pos + self.kind[0] + val], dim=1)
         cache = []
         for blk in self.blocks:
             x, k, v = blk.context(x, allow_ctx)
@@ -194,7 +217,7 @@ class DAT(nn.Module):
         `return_x0` (x0 head only) returns the head's x0 proposal itself: at t = T - 1, where the
         input carries no information on x0, that is the network's estimate of E[x0 | condition].
         """
-        gi = noisy_idx[..., None].expand(-1, -1, self.H)
+        gi = self._positions(noisy_idx)[..., None].expand(-1, -1, self.H)
         temb = self.time_mlp(timestep_embedding(t, self.H))
         x = (self.noisy_in(z_noisy) + self.hint_in(hint) + self.pos[noisy_idx] + self.kind[1]
              + torch.gather(val, 1, gi) + temb)
@@ -228,7 +251,7 @@ class DAT(nn.Module):
         """Additive mask for `Block.context`: per block (B * n_blocks, 1, b, N_COND + b); when one block
         holds every microbe, the whole context's (B, 1, N_COND + D, N_COND + D), so that narrow tables
         take one attention call, as before blocks existed (and give the same floats)."""
-        allow = context_attention(step, N_COND, self.attn_block)
+        allow = context_attention(self._laid(step), N_COND, self.attn_block)
         if allow.shape[0] == step.shape[0]:
             c = N_COND
             top = torch.zeros(allow.shape[0], 1, c, allow.shape[-1], dtype=torch.bool, device=allow.device)
@@ -240,6 +263,9 @@ class DAT(nn.Module):
                    noisy_valid: torch.Tensor) -> torch.Tensor | NoisyBlocks:
         """Additive mask for `Block.noisy`: the noisy rows of Algorithm 2 (B, 1, S, L) when one block holds
         every microbe (the same floats as before blocks existed), else per block (`ar.noisy_blocks`)."""
+        if self.layout is not None:
+            step, noisy_idx = self._laid(step), self._positions(noisy_idx)
+            dep = None if dep is None else dep.to(self.layout.device)[self.layout][:, self.layout]
         if block_size(self.D, self.attn_block) >= self.D:
             return additive(noisy_attention(step, N_COND, dep, mode, noisy_idx, noisy_valid))
         blocks = noisy_blocks(step, N_COND, dep, mode, noisy_idx, noisy_valid, self.attn_block)

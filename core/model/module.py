@@ -76,7 +76,8 @@ class DepMicroDiff:
             "dat": DAT(n_taxa, cfg.latent_dim, hidden=cfg.hidden_dim, layers=cfg.n_layers, heads=cfg.n_heads,
                        mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout, meta_dim=meta_dim,
                        residual_condition=cfg.residual_condition,
-                       alpha_bar=self.diffusion.alpha_bar if cfg.eps_head == "x0" else None, attn_block=cfg.attn_block),
+                       alpha_bar=self.diffusion.alpha_bar if cfg.eps_head == "x0" else None, attn_block=cfg.attn_block,
+                       layout=cfg.attn_layout != "index"),
         })
         self.device = torch.device("cpu")
         self._meta_encoder = None

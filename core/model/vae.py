@@ -108,11 +108,7 @@ class TokenVAE(nn.Module):
         rows where both are observed), and the observed means and standard deviations that standardize the inputs.
         Read from the training view once, before the VAE trains; the regression weights are then learned with it."""
         k = self.partner_idx.shape[1]
-        obs = np.asarray(observed, dtype=bool)
-        X, mu, sd = _observed_moments(Y, obs)
-        Z = np.where(obs, (X - mu) / sd, 0.0)
-        both = obs.T.astype(np.float64) @ obs.astype(np.float64)
-        corr = np.abs(Z.T @ Z) / np.maximum(both, 1)
+        corr, mu, sd = abs_correlation(Y, observed)
         np.fill_diagonal(corr, -1.0)
         idx = np.argsort(-corr, axis=1, kind="stable")[:, :k]
         with torch.no_grad():
@@ -274,6 +270,15 @@ def _observed_moments(Y: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, 
     mu = X.sum(0) / n
     sd = np.sqrt((np.where(obs, X - mu, 0.0) ** 2).sum(0) / n)
     return X, mu, np.where(sd > 0, sd, 1.0)
+
+
+def abs_correlation(Y: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """|Pearson| between microbes over the rows where both are observed (D, D), and the observed means and sds."""
+    obs = np.asarray(observed, dtype=bool)
+    X, mu, sd = _observed_moments(Y, obs)
+    Z = np.where(obs, (X - mu) / sd, 0.0)
+    both = obs.T.astype(np.float64) @ obs.astype(np.float64)
+    return np.abs(Z.T @ Z) / np.maximum(both, 1), mu, sd
 
 
 def corrupt(m: np.ndarray, Y: np.ndarray, ratio: float, rng: np.random.Generator) -> np.ndarray:

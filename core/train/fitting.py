@@ -22,6 +22,7 @@ from depmicro.core.deps import cached_dep_stats, dependency_mask
 from depmicro.core.errors import DepmicroError
 from depmicro.core.model.ar import token_rank
 from depmicro.core.model.config import ModelConfig
+from depmicro.core.model.layout import correlation_layout
 from depmicro.core.model.module import DepMicroDiff
 from depmicro.core.model.metadata import MetadataEncoder
 from depmicro.core.train.trainer import EpochReport, OnEpoch, Trainer, save_checkpoint, seed_all
@@ -61,7 +62,15 @@ def build_imputer(cfg: ModelConfig, Y_view: np.ndarray, observed: np.ndarray, va
     meta_dim = 0
     if cfg.use_metadata and metadata is not None and any(metadata):
         meta_dim = MetadataEncoder(cfg.metadata_model).dim
-    return DepMicroDiff(cfg, Y_view.shape[1], var_names, meta_dim, dep=dep, rank=rank)
+    imp = DepMicroDiff(cfg, Y_view.shape[1], var_names, meta_dim, dep=dep, rank=rank)
+    lay_out_blocks(imp, Y_view, observed)
+    return imp
+
+
+def lay_out_blocks(imp: DepMicroDiff, Y_view: np.ndarray, observed: np.ndarray) -> None:
+    """With `attn_layout: correlation`, which microbes share a DAT attention block, from the training view."""
+    if imp.cfg.attn_layout == "correlation":
+        imp.dat.set_layout(correlation_layout(Y_view, observed, imp.cfg.attn_block))
 
 
 # --- entry points --------------------------------------------------------------------------------
@@ -188,6 +197,7 @@ def train_on_view(imp: DepMicroDiff, Y: np.ndarray, observed: np.ndarray, metada
         imp.rank = token_rank(cfg.ar_order, Y_view, observed, f_stat, cfg.f_threshold)
     elif cfg.ar_order == "variance":
         imp.rank = token_rank("variance", Y_view, observed)
+    lay_out_blocks(imp, Y_view, observed)
     if cfg.use_metadata and imp.meta_dim == 0 and metadata is not None and any(metadata):
         warnings.warn("metadata given to fit() but the imputer was built without a metadata projection; ignored")
     pretrain_vae(imp, Y_view, observed, [])
