@@ -20,6 +20,7 @@ order internally, and every caller still speaks in microbe indices.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import replace
 
 import torch
@@ -163,7 +164,7 @@ class DAT(nn.Module):
         # the block layout (set_layout, from the training view); a buffer, so bundles carry it (None: index order)
         self.register_buffer("layout", torch.arange(D) if layout else None)
 
-    def set_layout(self, perm) -> None:
+    def set_layout(self, perm: Sequence[int] | torch.Tensor) -> None:
         """Microbe perm[i] sits at token position i; blocks are consecutive positions."""
         perm = torch.as_tensor(perm, dtype=torch.long)
         if not torch.equal(torch.sort(perm).values, torch.arange(self.D)):
