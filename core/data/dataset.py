@@ -253,7 +253,7 @@ def _is_number(text: str) -> bool:
 # a rank prefix as Kraken/Bracken (kraken-biom, mpa reports), MetaPhlAn and QIIME write lineages: "g__Prevotella",
 # "k__Bacteria|p__Bacteroidetes", "d__Bacteria; p__Firmicutes"
 _LINEAGE = re.compile(r"(^|[;|])\s*[dkpcofgst]__")
-_SAMPLE_ID = re.compile(r"^TCGA-[0-9A-Z]{2}-[0-9A-Z]{4}", re.IGNORECASE)
+_SAMPLE_ID = re.compile(r"^TCGA[-.][0-9A-Z]{2}[-.][0-9A-Z]{4}", re.IGNORECASE)  # R's make.names writes '.' for '-'
 
 
 def _share(labels: list, pattern: re.Pattern) -> float:

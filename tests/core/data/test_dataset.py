@@ -77,6 +77,15 @@ def test_kraken_style_labels_decide_the_orientation(tmp_path, header, rows, tran
     assert inspect(ds)["layout"] == ("taxa x samples" if transposed else "samples x taxa")  # what data inspect says
 
 
+@pytest.mark.parametrize("sep", ["-", "."])
+def test_barcodes_as_columns_mean_taxa_rows_even_with_plain_genus_names(tmp_path, sep):
+    """A table written from R (make.names turns TCGA-AB-1234 into TCGA.AB.1234) with bare genus names as rows."""
+    cols = [f"TCGA{sep}ZZ{sep}000{i}{sep}01A" for i in range(3)]
+    text = ",".join(["", *cols]) + "\nPrevotella,1,0,2\nBacteroides,3,4,0\n"
+    ds = load_dataset(_write(tmp_path, "r.csv", text))
+    assert (ds.obs_names, ds.var_names) == (cols, ["Prevotella", "Bacteroides"])
+
+
 def test_a_table_normalizes_bit_for_bit_like_the_h5ad_of_the_same_counts(tmp_path):
     # stad written out as a samples x taxa CSV: pandas hands the values back column-major, and row sums over a
     # column-major array added in another order (1-ulp differences), so a split, a VAE cache key and every
