@@ -113,6 +113,9 @@ def impute(args: argparse.Namespace) -> dict:
     model_dir = Path(args.model)
     out = check_impute(args)
     imp = load_model(model_dir)  # verifies the manifest and loads from the bytes it hashed
+    if args.metadata and not imp.cfg.use_metadata:
+        raise DepmicroError(f"--metadata {args.metadata}: this model was trained without metadata (use_metadata: false); "
+                            "leave --metadata out")
     given = load_dataset(args.data, metadata=args.metadata, allow_missing=True)
     what = taxa_difference(given.var_names, imp.var_names)
     if what:
@@ -132,6 +135,8 @@ def impute(args: argparse.Namespace) -> dict:
     _write_table(out, filled[:, back], ds.obs_names, given.var_names, observed[:, back],
                  None if std is None else std[:, back])
     res = {"out": str(out), "n_samples": ds.n_samples, "n_taxa": ds.n_taxa, "n_imputed": int(missing.sum()),
+           # rows with nothing observed get the model's prior alone, the same fill for each: say how many
+           "n_samples_without_observed": int((~observed.any(axis=1)).sum()),
            "estimate": imp.cfg.estimate, "seconds": round(time.perf_counter() - t0, 3)}
     if std is not None:
         res["std"] = "layer 'std'" if out.suffix.lower() == ".h5ad" else str(_std_path(out))

@@ -29,6 +29,10 @@ def check_train(args: argparse.Namespace) -> tuple[ModelConfig, Path]:
     return cfg, out
 
 
+# a per-entry std settles long before this; beyond it a typo (an extra zero or three) would run for hours
+MAX_UNCERTAINTY_DRAWS = 1000
+
+
 def check_impute(args: argparse.Namespace) -> Path:
     """The output file to write, once the bundle matches its manifest (load_model reads and verifies it again:
     a bundle is a few megabytes, and a second read keeps the handler safe on its own)."""
@@ -37,6 +41,7 @@ def check_impute(args: argparse.Namespace) -> Path:
     if Path(args.out).suffix.lower() not in OUTPUT_SUFFIXES:
         raise DepmicroError(f"{args.out}: output must end in .h5ad, .csv or .tsv")
     out = check_output(args.out, inputs=(model_dir, args.data, args.metadata))
-    if args.uncertainty is not None and args.uncertainty < 2:
-        raise DepmicroError(f"--uncertainty needs at least 2 draws, not {args.uncertainty}")
+    if args.uncertainty is not None and not 2 <= args.uncertainty <= MAX_UNCERTAINTY_DRAWS:
+        raise DepmicroError(f"--uncertainty takes 2 to {MAX_UNCERTAINTY_DRAWS:,} draws, not {args.uncertainty} "
+                            "(each draw is a full diffusion pass over the table)")
     return out

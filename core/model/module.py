@@ -218,7 +218,17 @@ class DepMicroDiff:
 
     def uncertainty(self, Y: np.ndarray, observed: np.ndarray, metadata: Sequence[str | None] | None = None,
                     n: int | None = None, seed: int | None = None) -> np.ndarray:
-        """Per-entry standard deviation over `n` (default cfg.n_impute_samples, at least 2) draws; 0 where observed."""
+        """Per-entry standard deviation over `n` (default cfg.n_impute_samples, at least 2) draws; 0 where observed.
+
+        The draws are folded in one at a time (Welford), so memory stays at two (N, D) arrays whatever `n` is:
+        stacking them would hold n of them (13.6 MB each on a 1,000 x 1,700 table). Same draws as `sample`."""
         Y, observed = self._check_input(Y, observed)
-        draws = self.sample(Y, observed, max(2, n or self.cfg.n_impute_samples), metadata, seed)
-        return np.where(observed, 0.0, draws.std(axis=0))
+        gen = torch.Generator(device="cpu").manual_seed(self.cfg.seed if seed is None else seed)
+        mean, m2 = np.zeros(Y.shape), np.zeros(Y.shape)
+        n = max(2, n or self.cfg.n_impute_samples)
+        for k in range(1, n + 1):
+            x = keep_observed(Y, observed, self._run(Y, observed, metadata, gen, mean=False))
+            delta = x - mean
+            mean += delta / k
+            m2 += delta * (x - mean)
+        return np.where(observed, 0.0, np.sqrt(m2 / n))

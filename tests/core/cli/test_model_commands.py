@@ -13,6 +13,7 @@ import pytest
 from depmicro.core.cli import main
 from depmicro.core.data.synthetic import make_synthetic, write_synthetic
 
+REPO = Path(__file__).resolve().parents[3]
 FAST = ["latent_dim=2", "vae_hidden=16", "hidden_dim=16", "n_layers=1", "n_heads=2", "vae_epochs=2", "epochs=1",
         "timesteps=100", "sampling_fraction=20", "f_threshold=2", "mi_threshold=0.02"]
 
@@ -47,11 +48,12 @@ def test_impute_fills_marked_entries_and_keeps_observed(trained, capsys):
     holes = np.zeros(counts.shape, dtype=bool)
     holes[::7, 3] = True
     holes[2, :4] = True
+    holes[10, :] = True  # nothing observed: the prior alone fills it, and the report counts it
     counts = counts.mask(holes)
     counts.to_csv(d / "holes.csv")
     assert main(["impute", "--model", str(d / "model"), "--data", str(d / "holes.csv"), "--out", str(d / "filled.tsv"), "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
-    assert rep["n_imputed"] == holes.sum()
+    assert rep["n_imputed"] == holes.sum() and rep["n_samples_without_observed"] == 1
     out = pd.read_csv(d / "filled.tsv", sep="\t", index_col=0)
     assert list(out.columns) == ds.var_names and np.isfinite(out.to_numpy()).all()
     from depmicro.core.data import normalize
@@ -113,7 +115,9 @@ def test_impute_uncertainty_is_a_std_per_entry_zero_where_observed(trained, caps
     a = ad.read_h5ad(d / "u.h5ad")
     assert a.layers["std"].shape == a.shape and (a.layers["std"][~holes] == 0).all() and (a.layers["std"] >= 0).all()
     assert main(["impute", "--model", str(d / "model"), "--data", str(d / "u.csv"), "--out", str(d / "v.csv"), "--uncertainty", "1"]) == 2
-    assert "at least 2 draws" in capsys.readouterr().err and not (d / "v.csv").exists()
+    assert "takes 2 to 1,000 draws, not 1" in capsys.readouterr().err and not (d / "v.csv").exists()
+    assert main(["impute", "--model", str(d / "model"), "--data", str(d / "u.csv"), "--out", str(d / "v.csv"), "--uncertainty", "100000"]) == 2
+    assert "not 100000" in capsys.readouterr().err and not (d / "v.csv").exists()
 
 
 def test_impute_refuses_tampered_model_and_other_taxa(trained, capsys, tmp_path):
@@ -158,3 +162,20 @@ def test_a_wide_table_is_pointed_at_the_vae_options_it_needs():
     assert wide_table_note(600, partners) is None
     assert "vae_standardize=false" in wide_table_note(600, wide)  # the standardized VAE trailed at 400 taxa
     assert wide_table_note(1700, wide) is None
+
+
+def test_impute_refuses_metadata_a_model_was_trained_without(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DEPMICRO_CACHE", str(tmp_path / "cache"))
+    ds, _ = make_synthetic(n_samples=40, n_taxa=8, n_directed=1, n_symmetric=1)
+    pd.DataFrame(ds.counts, index=ds.obs_names, columns=ds.var_names).to_csv(tmp_path / "c.csv")
+    args = ["train", str(REPO / "studies" / "configs" / "tiny.yaml"), "--data", str(tmp_path / "c.csv"), "--out", str(tmp_path / "m")]
+    for kv in [*FAST, "use_metadata=false"]:
+        args += ["--set", kv]
+    assert main(args) == 0
+    capsys.readouterr()
+    pd.DataFrame({"sample_type": ["Primary Tumor"] * 40}, index=ds.obs_names).to_csv(tmp_path / "meta.csv")
+    out = tmp_path / "f.csv"
+    assert main(["impute", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "c.csv"), "--metadata",
+                 str(tmp_path / "meta.csv"), "--out", str(out)]) == 2
+    assert "trained without metadata" in capsys.readouterr().err and not out.exists()
+    assert main(["impute", "--model", str(tmp_path / "m"), "--data", str(tmp_path / "c.csv"), "--out", str(out)]) == 0

@@ -53,6 +53,8 @@ def test_uncertainty_has_the_data_shape_and_is_zero_where_observed():
     imp = _nontrivial(DepMicroDiffImputer(cfg_of(sampler_eta=1.0), Y.shape[1]))
     s = imp.uncertainty(Y, obs, n=4)
     assert s.shape == Y.shape and (s >= 0).all() and (s[obs] == 0).all() and (s[~obs] > 0).mean() > 0.5
+    # folded in one draw at a time, it is the std of the very draws `sample` stacks
+    np.testing.assert_allclose(s, imp.sample(Y, obs, 4).std(axis=0), rtol=1e-9, atol=1e-12)
 
 
 def test_lr_schedule_and_step_budget():
