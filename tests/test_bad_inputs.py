@@ -242,6 +242,10 @@ def _config_cases() -> dict:
                                                "--out", e.tmp / "m"], "aliases"),
         "config is a directory": (lambda e: ["train", (e.tmp / "cfgdir").mkdir() or e.tmp / "cfgdir", "--data", e.csv,
                                              "--out", e.tmp / "m"], "is a directory"),
+        "a key written twice": (lambda e: ["train", e.w("twice.yaml", "lr: 0.001\nepochs: 2\nlr: 0.1\n"), "--data", e.csv,
+                                           "--out", e.tmp / "m"], "key 'lr' appears twice"),
+        "seed past 32 bits": (lambda e: ["train", e.w("seed.yaml", "seed: 99999999999999999999\n"), "--data", e.csv,
+                                         "--out", e.tmp / "m"], "below 2**32"),
         "partner gate without partners": (lambda e: ["train", e.w("gate.yaml", "vae_partner_gate: true\n"), "--data",
                                                      e.csv, "--out", e.tmp / "m"], "needs vae_partners > 0"),
     }

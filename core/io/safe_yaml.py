@@ -2,7 +2,8 @@
 
 Aliases are refused, not expanded: a few hundred bytes of nested aliases ("billion laughs") expand
 to gigabytes under yaml.safe_load, and no depmicro file needs them. Without aliases the parsed
-object is at most as large as the text, so a file's size bounds its cost. A file that is empty,
+object is at most as large as the text, so a file's size bounds its cost. A key written twice in
+one mapping is refused too (yaml keeps the last one, silently dropping the other setting). A file that is empty,
 binary or not UTF-8 is refused too: each problem is one DepmicroError naming the file.
 """
 from __future__ import annotations
@@ -25,6 +26,16 @@ class _NoAliasLoader(yaml.SafeLoader):
             mark = event.start_mark
             raise yaml.YAMLError(f"YAML anchors and aliases (&/*) are not accepted (line {mark.line + 1})")
         return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[override]
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.YAMLError(f"key {key!r} appears twice in one mapping (line {key_node.start_mark.line + 1})")
+            if isinstance(key, (str, int, float, bool)):
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def parse_yaml(text: str) -> Any:

@@ -157,6 +157,8 @@ def _check(cfg: ModelConfig) -> ModelConfig:
     for name in _NONNEG:
         if not getattr(cfg, name) >= 0:
             raise DepmicroError(f"config {name} must be >= 0, not {getattr(cfg, name)!r}")
+    if cfg.seed >= 2**32:  # numpy's and torch's seeding both take 32 bits
+        raise DepmicroError(f"config seed must be below 2**32, not {cfg.seed}")
     if not 0 < cfg.ar_decay <= 1:
         raise DepmicroError(f"config ar_decay must be in (0, 1], not {cfg.ar_decay!r}")
     if not cfg.dropout < 1:
