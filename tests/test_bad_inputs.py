@@ -221,6 +221,8 @@ def _data_cases() -> dict:
                                  "separated by ','"),
         "counts that overflow (1e308)": (lambda e: ["data", "inspect", e.w("big.csv", "id,a,b\ns1,1e308,1e308\ns2,3,4\n")],
                                          "overflows"),
+        "baseline seed below 0": (lambda e: ["baseline", e.csv, "--method", "iterative", "--seed", "-1"], "[0, 2**32)"),
+        "baseline seed past 32 bits": (lambda e: ["baseline", e.csv, "--method", "iterative", "--seed", str(2**64)], "[0, 2**32)"),
         "one-row table": (lambda e: ["baseline", e.w("row.csv", "id,a,b,c\ns1,1,2,3\n"), "--method", "mean"],
                           "at least 2 samples and 2 taxa"),
         "one-column table": (lambda e: ["baseline", e.w("col.csv", "id,a\ns1,1\ns2,3\ns3,4\n"), "--method", "knn"],

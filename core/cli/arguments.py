@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from depmicro.core.cli.common import alpha, count, data_args, nonneg, ratio
+from depmicro.core.cli.common import alpha, count, data_args, nonneg, ratio, seed
 from depmicro.core.data.baselines import BASELINES
 from depmicro.core.data.evaluation import PROTOCOLS
 
@@ -18,7 +18,7 @@ def data_inspect(p: argparse.ArgumentParser) -> None:
 def baseline(p: argparse.ArgumentParser) -> None:
     data_args(p)
     p.add_argument("--method", required=True, choices=BASELINES)
-    p.add_argument("--seed", type=int, default=0, help="seed of the held-out masks (and of the imputer)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the held-out masks (and of the imputer)")
     p.add_argument("--test-ratio", type=ratio, default=0.1, help="fraction of nonzero entries held out for test")
     p.add_argument("--val-ratio", type=ratio, default=0.1, help="fraction of the remaining nonzero entries held out for validation")
     p.add_argument("--protocol", choices=PROTOCOLS, default="paper", help="paper: normalize, then hold out; renormalized: hold out "
@@ -45,7 +45,7 @@ def deps(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mi-estimator", choices=["binned", "ksg"], default="binned",
                    help="binned plug-in (default, fast) or ksg: scikit-learn's k=3 estimator for all pairs (O(n^2) per pair)")
     p.add_argument("--mi-jitter-repeats", type=int, default=1, help="ksg: average over this many jitter seeds (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the permutations (and of the ksg jitter)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the permutations (and of the ksg jitter)")
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--out", default="deps.npz", help="output .npz (f_stat, f_pvalue, mi, dep, var_names; default deps.npz)")
     p.add_argument("--plot", metavar="DIR", help="write the top directed pairs and the MI network figures here")
@@ -57,7 +57,7 @@ def train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metadata", help="per-sample metadata table (first column: sample id)")
     p.add_argument("--pretrain", nargs="*", default=[], help="other data sets with the same taxa for VAE pretraining")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
-    p.add_argument("--seed", type=int, help="seed of the model and of the held-out masks (overrides the config)")
+    p.add_argument("--seed", type=seed, help="seed of the model and of the held-out masks (overrides the config)")
     p.add_argument("--protocol", choices=PROTOCOLS, help="paper: normalize, then hold out; renormalized: hold out on the counts, "
                    "normalize each row over its observed entries (overrides the config)")
     p.add_argument("--out", required=True, help="model directory to write (built aside, then renamed into place)")

@@ -75,3 +75,14 @@ def count(text: str) -> int:
     if v < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, not {v}")
     return v
+
+
+def seed(text: str) -> int:
+    """numpy, torch and scikit-learn all seed from 32 bits: anything else is refused here, not in a traceback."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= v < 2**32:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**32), not {v}")
+    return v
