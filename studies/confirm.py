@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from depmicro.core.errors import DepmicroError
-from depmicro.studies.fields import SchedulerSpec, int_list, integer
+from depmicro.studies.fields import SEED_MAX, SchedulerSpec, int_list, integer
 
 ARTIFACT = "confirm.json"
 EXPERIMENT_SUFFIX = "-confirm"  # the Tune experiment of the confirmation trials, next to the study's
@@ -101,7 +101,7 @@ def parse_confirm(v: Any, study_seeds: list[int]) -> ConfirmSpec | None:
     if not isinstance(v, dict) or set(v) - {"top_k", "seeds"} or "seeds" not in v:
         raise DepmicroError(f"confirm must be a mapping with 'top_k' and 'seeds' (extra held-out seeds), not {v!r}")
     top_k = integer(v.get("top_k", 1), "confirm.top_k", minimum=1)
-    seeds = int_list(v["seeds"], "confirm.seeds", minimum=0)
+    seeds = int_list(v["seeds"], "confirm.seeds", minimum=0, maximum=SEED_MAX)
     if len(seeds) < 2:
         raise DepmicroError("confirm.seeds needs at least two seeds (a confidence bound needs a spread)")
     reused = sorted(set(seeds) & set(study_seeds))

@@ -9,7 +9,7 @@ from typing import Any
 
 from depmicro.core.data.dataset import peek_dataset
 from depmicro.core.errors import DepmicroError
-from depmicro.studies.fields import NAME, integer
+from depmicro.studies.fields import NAME, SEED_MAX, integer
 from depmicro.studies.fields import path as resolve_path
 
 SYNTHETIC = "synthetic"
@@ -36,7 +36,7 @@ def split_data_key(key: str) -> tuple[str, int]:
 
 
 _DATASET_KEYS = ("path", "name", "metadata", "pretrain", "synthetic")
-_SYNTHETIC_INTS = {"n_samples": (10, 1_000_000), "n_taxa": (2, 100_000), "seed": (0, 2**32 - 1),
+_SYNTHETIC_INTS = {"n_samples": (10, 1_000_000), "n_taxa": (2, 100_000), "seed": (0, SEED_MAX),
                    "n_directed": (0, 50_000), "n_symmetric": (0, 50_000)}
 _MAX_SYNTHETIC_CELLS = 50_000_000  # 400 MB of float64 counts: more is a typo, not a test set
 

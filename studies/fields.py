@@ -36,20 +36,25 @@ def number(v: Any, what: str) -> float:
     return float(v)
 
 
-def integer(v: Any, what: str, minimum: int | None = None) -> int:
+SEED_MAX = 2**32 - 1  # numpy, torch and Optuna's samplers all seed from 32 bits
+
+
+def integer(v: Any, what: str, minimum: int | None = None, maximum: int | None = None) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
         raise DepmicroError(f"{what} must be an integer, not {v!r}")
     if minimum is not None and v < minimum:
         raise DepmicroError(f"{what} must be >= {minimum}, not {v}")
+    if maximum is not None and v > maximum:
+        raise DepmicroError(f"{what} must be <= {maximum}, not {v}")
     return v
 
 
-def int_list(v: Any, what: str, minimum: int | None = None) -> list[int]:
+def int_list(v: Any, what: str, minimum: int | None = None, maximum: int | None = None) -> list[int]:
     if isinstance(v, int) and not isinstance(v, bool):
         v = [v]
     if not isinstance(v, list) or not v:
         raise DepmicroError(f"{what} must be a non-empty list of integers, not {v!r}")
-    out = [integer(x, f"{what} entry", minimum) for x in v]
+    out = [integer(x, f"{what} entry", minimum, maximum) for x in v]
     if len(set(out)) != len(out):
         raise DepmicroError(f"{what} has a duplicate entry: {out}")
     return out

@@ -11,7 +11,7 @@ from typing import Any, Iterable
 
 from depmicro.core.errors import DepmicroError
 from depmicro.core.model.config import ModelConfig, config_from_dict
-from depmicro.studies.fields import integer, number
+from depmicro.studies.fields import SEED_MAX, integer, number
 
 PARAM_TYPES = ("uniform", "loguniform", "int", "choice", "grid")
 SEARCH_ALGORITHMS = ("optuna", "random", "grid")
@@ -95,7 +95,7 @@ def parse_search(v: Any) -> tuple[str, int]:
     alg = v.get("algorithm", "optuna")
     if alg not in SEARCH_ALGORITHMS:
         raise DepmicroError(f"search algorithm must be one of {', '.join(SEARCH_ALGORITHMS)}, not {alg!r}")
-    return alg, integer(v.get("seed", 0), "search.seed", minimum=0)
+    return alg, integer(v.get("seed", 0), "search.seed", minimum=0, maximum=SEED_MAX)
 
 
 _MAX_INT_VALUES = 1000  # an int range is checked value by value up to this many values

@@ -19,7 +19,7 @@ from depmicro.core.io.safe_yaml import load_yaml
 from depmicro.core.model.config import ModelConfig, config_from_dict, config_to_dict
 from depmicro.studies.confirm import ConfirmSpec, parse_confirm
 from depmicro.studies.datasets import SYNTHETIC, DatasetSpec, data_key, parse_datasets, split_data_key
-from depmicro.studies.fields import NAME, Resources, SchedulerSpec, check_name, duration, int_list, integer, number
+from depmicro.studies.fields import NAME, SEED_MAX, Resources, SchedulerSpec, check_name, duration, int_list, integer, number
 from depmicro.studies.fields import path as resolve_path
 from depmicro.studies.fields import resources as parse_resources
 from depmicro.studies.fields import scheduler as parse_scheduler
@@ -161,7 +161,7 @@ def spec_from_dict(raw: Any, base_dir: str | os.PathLike = ".", source: str | No
     base_dir = Path(base_dir)
     name = _name(raw)
     datasets = parse_datasets(raw.get("datasets"), base_dir)
-    seeds = int_list(raw.get("seeds", [0]), "seeds", minimum=0)
+    seeds = int_list(raw.get("seeds", [0]), "seeds", minimum=0, maximum=SEED_MAX)
     test_ratio, val_ratio, protocol = _protocol(raw)
     base = _base_config(raw.get("base_config", {}), base_dir)
     base["test_ratio"], base["val_ratio"], base["protocol"] = test_ratio, val_ratio, protocol

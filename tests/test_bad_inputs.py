@@ -377,6 +377,10 @@ def _study_cases() -> dict:
                                         "true/false field"),
         "int range crossing timesteps": (space("sampling_fraction", {"type": "int", "low": 100, "high": 300}),
                                          "exceeds timesteps"),
+        "mask seed past 32 bits": (lambda e: ["study", "run", e.edit_study(e.study(), lambda s: s.update(seeds=[2**64]))],
+                                   "seeds entry must be <= 4294967295"),
+        "search seed past 32 bits": (lambda e: ["study", "run", e.edit_study(e.study(), lambda s: s.update(
+            search={"algorithm": "optuna", "seed": 2**40}))], "search.seed must be <= 4294967295"),
         "synthetic n_samples too small": (synthetic({"n_samples": 5}), "n_samples must be >= 10"),
         "synthetic unknown key": (synthetic({"n_sample": 50}), "unknown key 'n_sample'"),
         "synthetic too many planted pairs": (synthetic({"n_taxa": 8}), "cannot hold 12 disjoint planted pairs"),
