@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from depmicro.core.errors import DepmicroError
+from depmicro.core.model.config import SEED_MAX  # noqa: F401 (re-exported: every seed a study file holds meets it)
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 SCHEDULERS = ("asha", "none")
@@ -34,9 +35,6 @@ def number(v: Any, what: str) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         raise DepmicroError(f"{what} must be a number, not {v!r}")
     return float(v)
-
-
-SEED_MAX = 2**32 - 1  # numpy, torch and Optuna's samplers all seed from 32 bits
 
 
 def integer(v: Any, what: str, minimum: int | None = None, maximum: int | None = None) -> int:

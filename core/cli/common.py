@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+from depmicro.core.model.config import SEED_MAX
+
 Handler = Callable[[argparse.Namespace], "dict | None"]
 
 
@@ -78,11 +80,10 @@ def count(text: str) -> int:
 
 
 def seed(text: str) -> int:
-    """numpy, torch and scikit-learn all seed from 32 bits: anything else is refused here, not in a traceback."""
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if not 0 <= v < 2**32:
-        raise argparse.ArgumentTypeError(f"must be in [0, 2**32), not {v}")
+    if not 0 <= v <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {SEED_MAX}, not {v}")
     return v

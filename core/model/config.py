@@ -139,6 +139,8 @@ _CHOICES = {
     "lr_schedule": ("constant", "cosine"),
     "vae_factor_init": ("random", "pca"),
 }
+SEED_MAX = 2**32 - 1  # numpy, torch, scikit-learn and Optuna all seed from 32 bits; the CLI and study files check this too
+
 _POSITIVE = ("latent_dim", "vae_hidden", "hidden_dim", "n_layers", "n_heads", "timesteps", "sampling_fraction",
              "infer_ar_steps", "n_impute_samples", "epochs", "batch_size", "val_every", "mlp_ratio", "lr", "vae_lr")
 _NONNEG = ("attn_block", "snr_floor", "min_snr", "vae_beta", "vae_epochs", "dropout", "f_threshold", "mi_threshold", "weight_decay", "grad_clip", "seed",
@@ -157,8 +159,8 @@ def _check(cfg: ModelConfig) -> ModelConfig:
     for name in _NONNEG:
         if not getattr(cfg, name) >= 0:
             raise DepmicroError(f"config {name} must be >= 0, not {getattr(cfg, name)!r}")
-    if cfg.seed >= 2**32:  # numpy's and torch's seeding both take 32 bits
-        raise DepmicroError(f"config seed must be below 2**32, not {cfg.seed}")
+    if cfg.seed > SEED_MAX:
+        raise DepmicroError(f"config seed must be <= {SEED_MAX}, not {cfg.seed}")
     if not 0 < cfg.ar_decay <= 1:
         raise DepmicroError(f"config ar_decay must be in (0, 1], not {cfg.ar_decay!r}")
     if not cfg.dropout < 1:
