@@ -31,10 +31,11 @@ class _NoAliasLoader(yaml.SafeLoader):
         seen: set = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, (str, int, float, bool)) and key in seen:
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # an unhashable key fails in yaml's own construct_mapping, with its own message
+            if key in seen:
                 raise yaml.YAMLError(f"key {key!r} appears twice in one mapping (line {key_node.start_mark.line + 1})")
-            if isinstance(key, (str, int, float, bool)):
-                seen.add(key)
+            seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
 
