@@ -8,7 +8,10 @@ zero input at t = T - 1 with each entry's encoder latent as hint, decoded), and 
 of `impute` and of the one-step path; the latent error before and after the DAT; the share of the residual's energy
 in each latent dimension; the correlation of the DAT's x0 with the residual on the dimension holding most of it,
 overall and within microbes (what pcc_per_microbe can see); and the one-step path with the validation values left in
-its input, which must equal the one without them (the masks hold). Prints JSON.
+its input, which must equal the one without them (the masks hold). The same latent read on training entries hidden
+as validation hides its own (`train_hidden_*`): entries the VAE was trained on, the only kind the DAT learns from, so a
+DAT whose x0 tracks the residual there and not on validation has learned the VAE's memory of its training entries
+(docs/model-log.md section 30). Prints JSON.
 
     python tests/bench/dat_latent.py [--data stad | --wide 400] [--seed 0] [--config studies/configs/small.yaml]
         [--set key=value ...] [--vae-cache DIR]
@@ -107,6 +110,15 @@ def main() -> None:
     leaked, *_ = one_step(imp, Y, view, obs, split.val, metadata, leak=True)
     energy = (R ** 2).sum(0) / (R ** 2).sum()
     d = int(np.argmax(energy))
+    # training entries hidden as validation hides its own (per row as many, among the nonzero ones): what the DAT
+    # learned on rows and entries its VAE was trained on, against the same read on held-out entries
+    rng = np.random.default_rng(args.seed)
+    hidden = np.zeros_like(obs)
+    for r in range(len(Y)):
+        pool = np.flatnonzero(obs[r] & (np.nan_to_num(Y[r]) > 0))
+        n = min(int(split.val[r].sum()), max(len(pool) - 1, 0))
+        hidden[r, rng.choice(pool, n, replace=False)] = True
+    _, Rt, Xt, Jt = one_step(imp, Y, view, obs & ~hidden, hidden, metadata)
     print(json.dumps({
         "benchmark": "the DAT's x0 against the true latent residual on validation entries",
         "data": label, "seed": args.seed, "config": os.path.relpath(args.config, ROOT), "overrides": args.overrides,
@@ -118,6 +130,10 @@ def main() -> None:
         "residual_energy_per_dim": [round(float(e), 3) for e in energy], "value_dim": d,
         "corr_x0_residual": round(float(np.corrcoef(R[:, d], X[:, d])[0, 1]), 4),
         "corr_x0_residual_within_microbe": round(float(np.corrcoef(_within(R[:, d], J), _within(X[:, d], J))[0, 1]), 4),
+        "train_hidden_latent_mse_encoder": round(float((Rt ** 2).mean()), 4),
+        "train_hidden_latent_mse_dat": round(float(((Rt - Xt) ** 2).mean()), 4),
+        "train_hidden_corr_x0_residual": round(float(np.corrcoef(Rt[:, d], Xt[:, d])[0, 1]), 4),
+        "train_hidden_corr_x0_residual_within_microbe": round(float(np.corrcoef(_within(Rt[:, d], Jt), _within(Xt[:, d], Jt))[0, 1]), 4),
         "seconds": round(time.perf_counter() - t0, 1),
     }, indent=2))
 
