@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from depmicro.core.errors import DepmicroError
-from depmicro.studies.fields import SEED_MAX, SchedulerSpec, int_list, integer
+from depmicro.core.model.config import SEED_MAX
+from depmicro.studies.fields import SchedulerSpec, int_list, integer
 
 ARTIFACT = "confirm.json"
 EXPERIMENT_SUFFIX = "-confirm"  # the Tune experiment of the confirmation trials, next to the study's

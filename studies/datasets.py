@@ -9,7 +9,8 @@ from typing import Any
 
 from depmicro.core.data.dataset import peek_dataset
 from depmicro.core.errors import DepmicroError
-from depmicro.studies.fields import NAME, SEED_MAX, integer
+from depmicro.core.model.config import SEED_MAX
+from depmicro.studies.fields import NAME, integer
 from depmicro.studies.fields import path as resolve_path
 
 SYNTHETIC = "synthetic"

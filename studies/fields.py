@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from depmicro.core.errors import DepmicroError
-from depmicro.core.model.config import SEED_MAX  # noqa: F401 (re-exported: every seed a study file holds meets it)
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 SCHEDULERS = ("asha", "none")

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from depmicro.core.errors import DepmicroError
-from depmicro.core.model.config import ModelConfig, config_from_dict
-from depmicro.studies.fields import SEED_MAX, integer, number
+from depmicro.core.model.config import SEED_MAX, ModelConfig, config_from_dict
+from depmicro.studies.fields import integer, number
 
 PARAM_TYPES = ("uniform", "loguniform", "int", "choice", "grid")
 SEARCH_ALGORITHMS = ("optuna", "random", "grid")

@@ -16,10 +16,10 @@ from depmicro.core.data.baselines import BASELINES
 from depmicro.core.data.evaluation import METRICS, PROTOCOLS, direction
 from depmicro.core.errors import DepmicroError
 from depmicro.core.io.safe_yaml import load_yaml
-from depmicro.core.model.config import ModelConfig, config_from_dict, config_to_dict
+from depmicro.core.model.config import SEED_MAX, ModelConfig, config_from_dict, config_to_dict
 from depmicro.studies.confirm import ConfirmSpec, parse_confirm
 from depmicro.studies.datasets import SYNTHETIC, DatasetSpec, data_key, parse_datasets, split_data_key
-from depmicro.studies.fields import NAME, SEED_MAX, Resources, SchedulerSpec, check_name, duration, int_list, integer, number
+from depmicro.studies.fields import NAME, Resources, SchedulerSpec, check_name, duration, int_list, integer, number
 from depmicro.studies.fields import path as resolve_path
 from depmicro.studies.fields import resources as parse_resources
 from depmicro.studies.fields import scheduler as parse_scheduler
